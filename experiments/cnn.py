@@ -1,0 +1,14 @@
+"""The configurable CNN of the study notes on Fashion-MNIST, without BatchNorm.
+
+conv 3x3x32 -> ReLU -> pool -> dropout, conv 3x3x64 -> ReLU -> pool -> dropout, dense 32, dense 10:
+119,530 parameters.
+"""
+
+config = {
+    "model": {"name": "cnn", "cdims": [32, 64], "hdims": [32], "ksize": 3,
+              "batch_norm": False, "dropout": 0.5},
+    "data": {"dataset": "fashion_mnist"},
+    "epochs": 10,
+    "batch_size": 128,
+    "optimizer": {"name": "adam", "learning_rate": 1e-3},
+}

@@ -1,0 +1,5 @@
+"""Modern LeNet-5 on Fashion-MNIST: lenet.py with the dataset changed."""
+
+from jaxcnn.config import extend
+
+config = extend("lenet.py", {"data": {"dataset": "fashion_mnist"}})

@@ -1,0 +1,17 @@
+"""The one exception type for mistakes in what the user gave us."""
+
+
+class UserError(Exception):
+    """A problem with the user's input (experiment file, --set value, data, workdir).
+
+    The launcher prints the message as one paragraph and exits with status 2, without a
+    traceback unless --debug is given. The message says what is wrong and how to fix it.
+    """
+
+
+def did_you_mean(word: str, choices) -> str:
+    """' Did you mean 'x'?' for the choice nearest to ``word``, or '' when none is near."""
+    import difflib
+
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.5)
+    return f" Did you mean {close[0]!r}?" if close else ""

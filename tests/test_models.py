@@ -1,0 +1,121 @@
+"""Shapes, parameter counts and train/eval behaviour of the models."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxcnn.errors import UserError
+from jaxcnn.models import MODELS, create_model
+from jaxcnn.models.layers import max_pool
+
+
+def count(tree) -> int:
+    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+
+
+def abstract_variables(model, shape):
+    return jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(shape), train=False))
+
+
+def test_lenet5_has_61706_parameters_and_the_textbook_shapes():
+    model = create_model("lenet5", 10)
+    variables = abstract_variables(model, (1, 28, 28, 1))
+    assert count(variables["params"]) == 61_706
+    assert set(variables) == {"params"}
+    shapes = {k: v["kernel"].shape for k, v in variables["params"].items()}
+    assert shapes == {"conv1": (5, 5, 1, 6), "conv2": (5, 5, 6, 16), "fc1": (400, 120),
+                      "fc2": (120, 84), "classifier": (84, 10)}
+    logits = model.apply(model.init(jax.random.key(0), jnp.zeros((3, 28, 28, 1))),
+                         jnp.ones((3, 28, 28, 1)), train=False)
+    assert logits.shape == (3, 10) and logits.dtype == jnp.float32
+
+
+def test_lenet5_on_32x32_without_padding_has_the_same_count():
+    model = create_model("lenet5", 10, conv1_padding=0)
+    assert count(abstract_variables(model, (1, 32, 32, 1))["params"]) == 61_706
+
+
+def test_cnn_of_the_study_notes_has_119530_parameters():
+    model = create_model("cnn", 10, cdims=(32, 64), hdims=(32,), ksize=3)
+    variables = abstract_variables(model, (1, 28, 28, 1))
+    assert count(variables["params"]) == 119_530
+    assert variables["params"]["fc1"]["kernel"].shape == (7 * 7 * 64, 32)
+
+
+def test_cnn_with_batchnorm_adds_scale_bias_and_running_statistics():
+    model = create_model("cnn", 10, cdims=(32, 64), hdims=(32,), batch_norm=True)
+    variables = abstract_variables(model, (1, 28, 28, 1))
+    assert count(variables["params"]) == 119_530 + 2 * (32 + 64)
+    assert count(variables["batch_stats"]) == 2 * (32 + 64)  # mean and var: not parameters
+
+
+@pytest.mark.parametrize("cdims,hdims,ksize,size", [((8,), (), 5, 28), ((4, 8, 16), (20, 10), 3, 32)])
+def test_cnn_output_shape_for_other_configurations(cdims, hdims, ksize, size):
+    model = create_model("cnn", 7, cdims=cdims, hdims=hdims, ksize=ksize)
+    x = jnp.zeros((2, size, size, 3))
+    out = jax.eval_shape(lambda: model.apply(model.init(jax.random.key(0), x), x))
+    assert out.shape == (2, 7)
+
+
+def test_cnn_kaiming_normal_init_and_zero_biases():
+    model = create_model("cnn", 10, cdims=(64,), hdims=(256,))
+    params = model.init(jax.random.key(1), jnp.zeros((1, 28, 28, 1)))["params"]
+    kernel = np.asarray(params["fc1"]["kernel"])  # fan-in 14*14*64
+    assert np.std(kernel) == pytest.approx(np.sqrt(2.0 / kernel.shape[0]), rel=0.02)
+    # Untruncated normal: values beyond 2 standard deviations exist (about 4.6% of them).
+    assert np.mean(np.abs(kernel) > 2 * np.sqrt(2.0 / kernel.shape[0])) > 0.03
+    for layer in params.values():
+        assert not np.any(np.asarray(layer["bias"]))
+
+
+def test_batchnorm_uses_batch_statistics_in_training_and_running_ones_in_evaluation():
+    model = create_model("cnn", 10, cdims=(8,), hdims=(), batch_norm=True, dropout=0.0)
+    x = jax.random.normal(jax.random.key(0), (16, 28, 28, 1)) * 3 + 5
+    variables = model.init(jax.random.key(1), x)
+    out_train, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
+    # Training moves the running statistics towards the batch's; evaluation leaves them alone.
+    new_mean = updates["batch_stats"]["bn1"]["mean"]
+    assert not np.allclose(new_mean, variables["batch_stats"]["bn1"]["mean"])
+    out_eval = model.apply(variables, x, train=False)
+    assert not np.allclose(out_train, out_eval)
+    # Batch statistics couple the examples of a batch in training, never in evaluation.
+    single_eval = model.apply(variables, x[:1], train=False)
+    np.testing.assert_allclose(single_eval, out_eval[:1], rtol=1e-5, atol=1e-5)
+    single_train, _ = model.apply(variables, x[:1], train=True, mutable=["batch_stats"])
+    assert not np.allclose(single_train, out_train[:1], atol=1e-4)
+
+
+def test_dropout_only_in_training_and_whole_channels_at_a_time():
+    model = create_model("cnn", 10, cdims=(16,), hdims=(), dropout=0.5)
+    x = jax.random.normal(jax.random.key(0), (4, 28, 28, 1))
+    variables = model.init(jax.random.key(1), x)
+    a = model.apply(variables, x, train=False)
+    b = model.apply(variables, x, train=False)
+    np.testing.assert_array_equal(a, b)
+    c = model.apply(variables, x, train=True, rngs={"dropout": jax.random.key(2)})
+    d = model.apply(variables, x, train=True, rngs={"dropout": jax.random.key(3)})
+    assert not np.allclose(c, d)
+    # Spatial dropout: capture the dropped feature map and check each channel is all-or-nothing.
+    _, state = model.apply(variables, x, train=True, rngs={"dropout": jax.random.key(2)},
+                           capture_intermediates=lambda m, name: isinstance(m, nn.Dropout))
+    dropped = np.asarray(jax.tree.leaves(state["intermediates"])[0])  # [4, 14, 14, 16]
+    zero_channels = np.all(dropped == 0, axis=(1, 2))
+    nonzero_somewhere = np.any(dropped != 0, axis=(1, 2))
+    assert np.all(zero_channels | nonzero_somewhere)
+    assert 0.2 < zero_channels.mean() < 0.8
+
+
+def test_max_pool_equals_flax_max_pool():
+    x = jax.random.normal(jax.random.key(0), (2, 11, 10, 3))
+    np.testing.assert_array_equal(max_pool(x, 2), nn.max_pool(x, (2, 2), (2, 2)))
+
+
+def test_unknown_model_and_unknown_argument_are_user_errors():
+    with pytest.raises(UserError, match="Valid models: .*lenet5") as e:
+        create_model("lenet", 10)
+    assert "Did you mean 'lenet5'" in str(e.value)
+    with pytest.raises(UserError, match="model.cdim.*Did you mean 'cdims'"):
+        create_model("cnn", 10, cdim=(32,))
+    assert set(MODELS) >= {"lenet5", "cnn"}
