@@ -53,7 +53,13 @@ DEFAULTS: dict[str, Any] = {
         "decay_factor": 0.1,  # step
     },
     "label_smoothing": 0.0,
+    "aux_loss_weight": 0.3,  # weight of auxiliary classifiers' losses (GoogLeNet), training only
     "eval_every_epochs": 1,  # evaluate every N epochs (and always after the last)
+    "checkpoint": {
+        "every_epochs": 1,  # save at the end of every N epochs (and always after the last)
+        "every_steps": None,  # also save every N steps inside an epoch (epoch_loop 'step')
+        "keep": 3,  # keep the last N checkpoints, plus the best by test accuracy
+    },
     "epoch_loop": "auto",  # 'step': one jitted call per batch; 'scan': one lax.scan per epoch;
     # 'auto': 'step' on CPU (faster there), 'scan' on GPU/TPU
 }
@@ -69,6 +75,7 @@ _TYPES = {
     "data.max_train_examples": (int, type(None)),
     "data.max_test_examples": (int, type(None)),
     "optimizer.grad_clip_norm": (float, int, type(None)),
+    "checkpoint.every_steps": (int, type(None)),
     "schedule.boundaries": (list, tuple),
 }
 
@@ -120,7 +127,11 @@ def validate(config: dict) -> None:
         "eval_batch_size": config["eval_batch_size"],
         "eval_every_epochs": config["eval_every_epochs"],
         "optimizer.learning_rate": config["optimizer"]["learning_rate"],
+        "checkpoint.every_epochs": config["checkpoint"]["every_epochs"],
+        "checkpoint.keep": config["checkpoint"]["keep"],
     }
+    if config["checkpoint"]["every_steps"] is not None:
+        positive["checkpoint.every_steps"] = config["checkpoint"]["every_steps"]
     for key in ("max_train_examples", "max_test_examples"):
         if config["data"][key] is not None:
             positive["data." + key] = config["data"][key]
@@ -139,6 +150,7 @@ def validate(config: dict) -> None:
         if not 0 <= config["optimizer"][key] < 1:
             raise UserError(f"optimizer.{key} must be in [0, 1), got {config['optimizer'][key]!r}.")
     for key, value in (("optimizer.weight_decay", config["optimizer"]["weight_decay"]),
+                       ("aux_loss_weight", config["aux_loss_weight"]),
                        ("data.crop_padding", config["data"]["crop_padding"]),
                        ("schedule.warmup_epochs", config["schedule"]["warmup_epochs"]),
                        ("schedule.final_factor", config["schedule"]["final_factor"]),

@@ -15,3 +15,15 @@ def did_you_mean(word: str, choices) -> str:
 
     close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.5)
     return f" Did you mean {close[0]!r}?" if close else ""
+
+
+class RunStopped(Exception):
+    """Training stopped early on purpose (a signal, or a loss that became NaN/inf).
+
+    The message says where the run was saved and how to go on; ``exit_code`` is the launcher's
+    exit status (128 + the signal number for a signal, 3 for a diverged loss).
+    """
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code

@@ -11,7 +11,7 @@ import os
 import sys
 import textwrap
 
-from jaxcnn.errors import UserError
+from jaxcnn.errors import RunStopped, UserError
 
 EXIT_USER_ERROR = 2
 
@@ -27,7 +27,8 @@ def parse_args(argv):
                              "(VALUE is a Python literal or a bare word); repeatable")
     parser.add_argument("--restart", action="store_true",
                         help="if the workdir holds an earlier run, move it aside to WORKDIR.old-N "
-                             "(it is never deleted) and start afresh")
+                             "(it is never deleted) and start afresh; without it, a run of the "
+                             "same config is resumed and one of another config is refused")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     return parser.parse_args(argv)
 
@@ -43,33 +44,6 @@ def prepare(args) -> tuple[dict, str]:
     return config, workdir
 
 
-def claim_workdir(workdir: str, restart: bool) -> None:
-    """Makes sure ``workdir`` can take a new run without overwriting an earlier one."""
-    if os.path.exists(workdir) and not os.path.isdir(workdir):
-        raise UserError(f"--workdir {workdir!r} is a file, not a directory: choose another path.")
-    if os.path.isdir(workdir) and os.listdir(workdir):
-        if not restart:
-            raise UserError(
-                f"The workdir {workdir!r} already holds files of an earlier run. Choose another "
-                "--workdir, or pass --restart to move the old run aside (to "
-                f"{workdir}.old-N; nothing is deleted).")
-        n = 1
-        while os.path.exists(f"{workdir}.old-{n}"):
-            n += 1
-        os.rename(workdir, f"{workdir}.old-{n}")
-        print(f"moved the earlier run in {workdir} to {workdir}.old-{n}")
-    try:
-        os.makedirs(workdir, exist_ok=True)
-        probe = os.path.join(workdir, ".write-test")
-        with open(probe, "w"):
-            pass
-        os.remove(probe)
-    except OSError as e:
-        raise UserError(
-            f"Cannot write to the workdir {workdir!r} ({e.strerror}). Choose a writable "
-            "--workdir.") from None
-
-
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
@@ -77,21 +51,28 @@ def main(argv=None) -> int:
         print("config:", json.dumps(config, indent=2))
         import jax
 
-        if jax.process_index() == 0:
-            claim_workdir(workdir, args.restart)
+        from jaxcnn import rundir
         from jaxcnn.train import train_and_evaluate
 
+        if jax.process_index() == 0 and rundir.claim(workdir, config, args.restart):
+            print(f"resuming the run in {workdir}")
         train_and_evaluate(config, workdir)
     except UserError as e:
         if args.debug:
             raise
-        message = " ".join(str(e).split())
-        print(textwrap.fill(f"error: {message}", width=100), file=sys.stderr)
+        _paragraph(f"error: {e}")
         return EXIT_USER_ERROR
+    except RunStopped as e:
+        _paragraph(str(e))
+        return e.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
     return 0
+
+
+def _paragraph(text: str) -> None:
+    print(textwrap.fill(" ".join(text.split()), width=100), file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -11,10 +11,11 @@ below would then see gradients 8 times too large on 8 devices.
 """
 
 import functools
-import json
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from typing import Any
 
@@ -26,8 +27,8 @@ import optax
 from flax.training import train_state
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from jaxcnn import datasets, input_pipeline, models, optim
-from jaxcnn.errors import UserError
+from jaxcnn import checkpoint, datasets, input_pipeline, models, optim, rundir
+from jaxcnn.errors import RunStopped, UserError
 
 AXIS = "data"
 
@@ -59,12 +60,16 @@ def cross_entropy(logits, labels, label_smoothing: float = 0.0):
 
 
 def train_step(state: TrainState, batch, axis_name: str | None = None,
-               label_smoothing: float = 0.0):
+               label_smoothing: float = 0.0, aux_loss_weight: float = 0.3):
     """One optimizer step on ``batch`` = {'image': float [B, H, W, C], 'label': int [B]}.
 
     Under ``axis_name`` each device holds its part of the global batch: gradients are averaged
     over the axis (BatchNorm averages its statistics there itself when built with the same
     axis_name). Returns the new state and summed metrics {'loss', 'correct', 'count'}.
+
+    A model with auxiliary classifiers (GoogLeNet) returns ``(logits, [aux_logits, ...])`` when
+    training; each auxiliary loss is added with weight ``aux_loss_weight``. The reported loss and
+    accuracy are those of the main classifier.
     """
     key = jax.random.fold_in(state.rng, state.step)
     if axis_name is not None:
@@ -72,12 +77,15 @@ def train_step(state: TrainState, batch, axis_name: str | None = None,
 
     def loss_fn(params):
         variables = {"params": params, "batch_stats": state.batch_stats}
-        logits, updates = state.apply_fn(variables, batch["image"], train=True,
-                                         rngs={"dropout": key}, mutable=["batch_stats"])
+        out, updates = state.apply_fn(variables, batch["image"], train=True,
+                                      rngs={"dropout": key}, mutable=["batch_stats"])
+        logits, aux_logits = out if isinstance(out, tuple) else (out, ())
         loss = cross_entropy(logits, batch["label"], label_smoothing).mean()
-        return loss, (logits, updates.get("batch_stats", {}))
+        total = loss + sum(aux_loss_weight * cross_entropy(a, batch["label"], label_smoothing).mean()
+                           for a in aux_logits)
+        return total, (loss, logits, updates.get("batch_stats", {}))
 
-    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    (_, (loss, logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     metrics = {
         "loss": loss * batch["label"].shape[0],
         "correct": jnp.sum(jnp.argmax(logits, -1) == batch["label"]),
@@ -171,7 +179,11 @@ class Trainer:
     # -- the functions each device runs ----------------------------------------------------
 
     def _device_train(self, state, metrics, images, labels, perm, epoch, first_step, num_steps):
-        """Runs ``num_steps`` steps from ``first_step`` of ``epoch`` on this device's share."""
+        """Runs ``num_steps`` steps from ``first_step`` of ``epoch`` on this device's share.
+
+        NaN guard: once a step's loss is not finite, it and every later step leave the state as
+        it was (the last good one), and ``metrics['first_bad_step']`` records the global step.
+        """
         c = self.config
         local = c["batch_size"] // self.num_devices
         device = jax.lax.axis_index(AXIS)
@@ -185,8 +197,22 @@ class Trainer:
                 images, labels, indices, positions, normalize=self.normalize,
                 augment_key=jax.random.fold_in(epoch_key, step),
                 crop_padding=c["data"]["crop_padding"], flip=c["data"]["flip"])
-            state, step_metrics = train_step(state, batch, AXIS, c["label_smoothing"])
-            return (state, _add(metrics, step_metrics)), None
+            new_state, step_metrics = train_step(state, batch, AXIS, c["label_smoothing"],
+                                                 c["aux_loss_weight"])
+            healthy = metrics["first_bad_step"] < 0
+            finite = jnp.isfinite(step_metrics["loss"])
+            keep = healthy & finite
+            state = new_state.replace(**{
+                field: jax.tree.map(lambda new, old: jnp.where(keep, new, old),
+                                    getattr(new_state, field), getattr(state, field))
+                for field in ("step", "params", "opt_state", "batch_stats")})
+            metrics = {
+                "loss": metrics["loss"] + jnp.where(keep, step_metrics["loss"], 0.0),
+                "correct": metrics["correct"] + jnp.where(keep, step_metrics["correct"], 0),
+                "count": metrics["count"] + jnp.where(keep, step_metrics["count"], 0),
+                "first_bad_step": jnp.where(healthy & ~finite, state.step + 1, metrics["first_bad_step"]),
+            }
+            return (state, metrics), None
 
         steps = first_step + jnp.arange(num_steps, dtype=jnp.int32)
         if num_steps == 1:
@@ -229,21 +255,19 @@ class Trainer:
 
         # Metric accumulators start at zero; their structure comes from tracing the steps.
         self._train_metrics0 = {"loss": np.float32(0), "correct": np.int32(0),
-                                "count": np.int32(0)}
+                                "count": np.int32(0), "first_bad_step": np.int32(-1)}
         self._eval_metrics0 = _zeros(jax.eval_shape(
             lambda: eval_step(self.state, self._dummy_eval_batch())))
 
-        perm = self._permutation(0)
+        perm = self.permutation(0)
         start = time.perf_counter()
-        self._train = train_fn.lower(self.state, self._zero_metrics(train=True), self.train_images,
+        replicated = NamedSharding(mesh, P())
+        self._train = train_fn.lower(self.state, self.zero_train_metrics(), self.train_images,
                                      self.train_labels, perm, 0, 0).compile()
-        self._eval = eval_fn.lower(self.state, self._zero_metrics(train=False), self.test_images,
-                                   self.test_labels, 0).compile()
+        self._eval = eval_fn.lower(self.state, jax.device_put(self._eval_metrics0, replicated),
+                                   self.test_images, self.test_labels, 0).compile()
         self.compile_seconds = time.perf_counter() - start
 
-    def _zero_metrics(self, train: bool):
-        zeros = self._train_metrics0 if train else self._eval_metrics0
-        return jax.device_put(zeros, NamedSharding(self.mesh, P()))
 
     def _dummy_eval_batch(self):
         h, w, ch = self.data.test_images.shape[1:]
@@ -256,33 +280,47 @@ class Trainer:
         return jax.jit(input_pipeline.epoch_permutation, static_argnums=(0, 2),
                        out_shardings=NamedSharding(self.mesh, P()))
 
-    def _permutation(self, epoch: int):
+    def permutation(self, epoch: int):
+        """The order of the training examples in ``epoch`` (on the devices)."""
         return self._permute(self.config["seed"], epoch, self.num_train)
 
     # -- running ---------------------------------------------------------------------------
 
-    def train_epoch(self, epoch: int, progress=None) -> dict:
-        """Trains one epoch; returns its mean train loss and accuracy."""
-        perm = self._permutation(epoch)
-        metrics = self._zero_metrics(train=True)
-        if self.epoch_loop == "scan":
-            self.state, metrics = self._train(self.state, metrics, self.train_images,
-                                              self.train_labels, perm, epoch, 0)
-            if progress is not None:
-                progress.update(self.steps_per_epoch)
-        else:
-            for step in range(self.steps_per_epoch):
-                self.state, metrics = self._train(self.state, metrics, self.train_images,
-                                                  self.train_labels, perm, epoch, step)
-                if progress is not None:
-                    progress.update(1)
+    @property
+    def steps_per_call(self) -> int:
+        """Steps that one ``train_call`` runs: 1, or a whole epoch with the scan loop."""
+        return self.steps_per_epoch if self.epoch_loop == "scan" else 1
+
+    def zero_train_metrics(self, sums: dict | None = None):
+        """Fresh metric sums of an epoch (or ``sums`` restored from a checkpoint), on the devices."""
+        zeros = self._train_metrics0
+        if sums is not None:
+            zeros = {k: np.asarray(sums[k], v.dtype) for k, v in zeros.items()}
+        return jax.device_put(zeros, NamedSharding(self.mesh, P()))
+
+    def train_call(self, epoch: int, perm, metrics, step: int):
+        """Runs ``steps_per_call`` steps from ``step`` of ``epoch``; updates the state and
+        returns the metric sums (asynchronously: nothing waits for the devices here)."""
+        self.state, metrics = self._train(self.state, metrics, self.train_images,
+                                          self.train_labels, perm, epoch, step)
+        return metrics
+
+    @staticmethod
+    def epoch_means(metrics) -> dict:
         m = jax.device_get(metrics)
-        return {"train_loss": float(m["loss"] / m["count"]),
-                "train_accuracy": float(m["correct"] / m["count"])}
+        count = max(int(m["count"]), 1)
+        return {"train_loss": float(m["loss"] / count), "train_accuracy": float(m["correct"] / count)}
+
+    def train_epoch(self, epoch: int) -> dict:
+        """Trains one whole epoch; returns its mean train loss and accuracy."""
+        perm, metrics = self.permutation(epoch), self.zero_train_metrics()
+        for step in range(0, self.steps_per_epoch, self.steps_per_call):
+            metrics = self.train_call(epoch, perm, metrics, step)
+        return self.epoch_means(metrics)
 
     def evaluate(self) -> dict:
         """Loss, top-1 (and top-5) accuracy over every test example exactly once."""
-        metrics = self._zero_metrics(train=False)
+        metrics = jax.device_put(self._eval_metrics0, NamedSharding(self.mesh, P()))
         if self.epoch_loop == "scan":
             metrics = self._eval(self.state, metrics, self.test_images, self.test_labels, 0)
         else:
@@ -312,64 +350,117 @@ def make_mesh() -> Mesh:
 def train_and_evaluate(config: dict, workdir: str, *, log=print) -> dict:
     """Trains ``config`` (a resolved config, see jaxcnn.config) and writes the run to ``workdir``.
 
-    Returns the summary (also written to ``workdir/summary.json``).
+    Resumes from the newest readable checkpoint in ``workdir/checkpoints`` if there is one: the
+    resumed run is bit-identical on CPU to one never interrupted, since the data order,
+    augmentation and dropout are pure functions of (seed, epoch, step). SIGTERM/SIGINT finish
+    the current step, save and raise RunStopped; so does a loss that turns NaN/inf (without
+    saving: the last good checkpoint stays the newest). Returns the summary (summary.json).
     """
-    wall_start = time.perf_counter()
+    session_start = time.perf_counter()
     data = datasets.load(config["data"]["dataset"], config["data"]["data_dir"])
     if data.warning:
         log(_banner(data.warning))
     data = _limit(data, config["data"])
-    writer = RunWriter(workdir) if jax.process_index() == 0 else None
-
     trainer = Trainer(config, data, make_mesh())
-    if writer:
+    spe, epochs = trainer.steps_per_epoch, config["epochs"]
+    every_steps = config["checkpoint"]["every_steps"]
+    if every_steps and trainer.epoch_loop == "scan":
+        raise UserError(
+            "checkpoint.every_steps needs epoch_loop 'step': the scan loop runs a whole epoch in "
+            "one call, so it can only save at epoch ends. Set --set epoch_loop=step or drop "
+            "checkpoint.every_steps.")
+    writer = rundir.RunWriter(workdir, enabled=jax.process_index() == 0)
+    ckpts = checkpoint.Checkpoints(os.path.join(workdir, "checkpoints"), config["checkpoint"]["keep"])
+
+    progress = {"epoch": 0, "step_in_epoch": 0, "epoch_metrics": None, "best_test_accuracy": None,
+                "best_epoch": None, "last_record": None, "train_seconds": 0.0,
+                "wall_seconds": 0.0}
+    restored = ckpts.restore_latest(trainer.state)
+    if restored:
+        trainer.state, progress = restored
+        log(f"resumed from the checkpoint at step {int(trainer.state.step)} (epoch "
+            f"{progress['epoch'] + 1}, {progress['step_in_epoch']}/{spe} steps into it)")
+    else:
         writer.write_json("config.json", config)
         writer.write_text("model_summary.txt", model_summary(trainer.model, data.train_images.shape[1:]))
+    writer.truncate_metrics(int(trainer.state.step))
     log(f"data: {data.name} from {data.source}: {trainer.num_train} train / {trainer.num_test} test "
         f"images {data.train_images.shape[1:]}, {data.num_classes} classes")
     log(f"model: {config['model']['name']}, {trainer.param_count:,} parameters; "
         f"{trainer.num_devices} device(s) ({jax.default_backend()}), epoch loop '{trainer.epoch_loop}', "
         f"compiled in {trainer.compile_seconds:.1f} s")
 
-    history, best = [], None
-    train_seconds = 0.0
-    progress = _progress_bar(config["epochs"] * trainer.steps_per_epoch)
-    for epoch in range(config["epochs"]):
-        start = time.perf_counter()
-        record = trainer.train_epoch(epoch, progress)
-        seconds = time.perf_counter() - start
-        train_seconds += seconds
-        step = (epoch + 1) * trainer.steps_per_epoch
-        record = {"step": step, "epoch": epoch + 1, **record,
-                  "learning_rate": float(trainer.schedule(step - 1)),
-                  "images_per_sec": trainer.steps_per_epoch * config["batch_size"] / seconds,
-                  "epoch_seconds": seconds}
-        if (epoch + 1) % config["eval_every_epochs"] == 0 or epoch + 1 == config["epochs"]:
-            record.update(trainer.evaluate())
-            if best is None or record["test_accuracy"] > best["test_accuracy"]:
-                best = record
-        history.append(record)
-        if writer:
-            writer.append_jsonl("metrics.jsonl", record)
-        _log_epoch(record, config["epochs"], progress, log)
-    if progress is not None:
-        progress.close()
+    def save(test_accuracy=None):
+        progress["wall_seconds"] = wall_before + time.perf_counter() - session_start
+        ckpts.save(trainer.state, progress, test_accuracy)
 
-    final = history[-1]
+    def check_finite(metrics):
+        bad = int(jax.device_get(metrics["first_bad_step"]))
+        if bad >= 0:
+            raise _diverged(bad, trainer, ckpts)
+
+    wall_before = progress["wall_seconds"]
+    bar = _progress_bar(epochs * spe, initial=int(trainer.state.step))
+    try:
+        with _StopSignals() as stop:
+            for epoch in range(progress["epoch"], epochs):
+                first = progress["step_in_epoch"]
+                metrics = trainer.zero_train_metrics(progress["epoch_metrics"] if first else None)
+                perm = trainer.permutation(epoch)
+                start = time.perf_counter()
+                for step in range(first, spe, trainer.steps_per_call):
+                    metrics = trainer.train_call(epoch, perm, metrics, step)
+                    done = step + trainer.steps_per_call
+                    if bar is not None:
+                        bar.update(trainer.steps_per_call)
+                    global_step = epoch * spe + done
+                    if done < spe and (stop.signal or (every_steps and global_step % every_steps == 0)):
+                        check_finite(metrics)
+                        progress.update(step_in_epoch=done, epoch_metrics=_sums(metrics),
+                                        train_seconds=progress["train_seconds"] + time.perf_counter() - start)
+                        start = time.perf_counter()
+                        save()
+                        if stop.signal:
+                            raise stop.stopped(global_step, workdir)
+                check_finite(metrics)
+                seconds = time.perf_counter() - start
+                record = {"step": (epoch + 1) * spe, "epoch": epoch + 1, **trainer.epoch_means(metrics),
+                          "learning_rate": float(trainer.schedule((epoch + 1) * spe - 1)),
+                          "images_per_sec": (spe - first) * config["batch_size"] / seconds,
+                          "epoch_seconds": seconds}
+                if (epoch + 1) % config["eval_every_epochs"] == 0 or epoch + 1 == epochs:
+                    record.update(trainer.evaluate())
+                    best = progress["best_test_accuracy"]
+                    if best is None or record["test_accuracy"] > best:
+                        progress.update(best_test_accuracy=record["test_accuracy"], best_epoch=epoch + 1)
+                writer.append_jsonl("metrics.jsonl", record)
+                _log_epoch(record, epochs, bar, log)
+                progress.update(epoch=epoch + 1, step_in_epoch=0, epoch_metrics=None, last_record=record,
+                                train_seconds=progress["train_seconds"] + seconds)
+                if ((epoch + 1) % config["checkpoint"]["every_epochs"] == 0 or epoch + 1 == epochs
+                        or stop.signal):
+                    save(record.get("test_accuracy"))
+                if stop.signal and epoch + 1 < epochs:
+                    raise stop.stopped(record["step"], workdir)
+    finally:
+        if bar is not None:
+            bar.close()
+
+    final = progress["last_record"]
     summary = {
         "name": config["name"],
         "model": config["model"]["name"],
         "param_count": trainer.param_count,
         "final_test_accuracy": final["test_accuracy"],
         "final_test_loss": final["test_loss"],
-        "best_test_accuracy": best["test_accuracy"],
-        "best_epoch": best["epoch"],
-        "epochs": config["epochs"],
+        "best_test_accuracy": progress["best_test_accuracy"],
+        "best_epoch": progress["best_epoch"],
+        "epochs": epochs,
         "steps": final["step"],
-        "wall_seconds": time.perf_counter() - wall_start,
-        "train_seconds": train_seconds,
+        "wall_seconds": wall_before + time.perf_counter() - session_start,
+        "train_seconds": progress["train_seconds"],
         "compile_seconds": trainer.compile_seconds,
-        "train_images_per_sec": trainer.steps_per_epoch * config["batch_size"] * len(history) / train_seconds,
+        "train_images_per_sec": epochs * spe * config["batch_size"] / max(progress["train_seconds"], 1e-9),
         "devices": trainer.num_devices,
         "backend": jax.default_backend(),
         "data": {"dataset": data.name, "source": data.source, "warning": data.warning,
@@ -378,13 +469,62 @@ def train_and_evaluate(config: dict, workdir: str, *, log=print) -> dict:
                  "num_classes": data.num_classes, "class_names": list(data.class_names),
                  "normalization": trainer.normalize._asdict()},
     }
-    if writer:
-        writer.write_json("summary.json", summary)
+    writer.write_json("summary.json", summary)
     log(f"done: final test accuracy {summary['final_test_accuracy']:.4f}, best "
         f"{summary['best_test_accuracy']:.4f} (epoch {summary['best_epoch']}), "
         f"{summary['wall_seconds']:.1f} s wall, {summary['train_images_per_sec']:,.0f} train images/s"
-        + (f"; run written to {workdir}" if writer else ""))
+        + (f"; run written to {workdir}" if writer.enabled else ""))
     return summary
+
+
+class _StopSignals:
+    """Turns SIGTERM and SIGINT into a flag the training loop checks after every step.
+
+    The loop then saves a checkpoint and stops. A second signal stops at once.
+    """
+
+    def __enter__(self):
+        self.signal = None
+        self._previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signal is not None:
+            raise KeyboardInterrupt
+        self.signal = signum
+        print(f"\n{signal.Signals(signum).name}: finishing the current step and saving a "
+              "checkpoint (send it again to stop at once)", file=sys.stderr, flush=True)
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def stopped(self, step: int, workdir: str) -> RunStopped:
+        name = signal.Signals(self.signal).name
+        return RunStopped(
+            f"Stopped by {name} after step {step}; saved a checkpoint in "
+            f"{os.path.join(workdir, 'checkpoints')}. Run the same command again to resume.",
+            128 + self.signal)
+
+
+def _diverged(bad_step: int, trainer: Trainer, ckpts: checkpoint.Checkpoints) -> RunStopped:
+    steps = ckpts.steps()
+    kept = (f"The last good checkpoint, at step {steps[-1]}, is kept in {ckpts.directory}"
+            if steps else "No checkpoint had been saved yet")
+    lr = float(trainer.schedule(bad_step - 1))
+    return RunStopped(
+        f"The training loss became NaN or infinite at step {bad_step} (epoch "
+        f"{(bad_step - 1) // trainer.steps_per_epoch + 1}), learning rate {lr:.3g}. Training "
+        f"stopped without saving the diverged weights. {kept}. Try a lower "
+        "optimizer.learning_rate, gradient clipping (optimizer.grad_clip_norm=1.0) or a warmup "
+        "(schedule.name=warmup_cosine).", 3)
+
+
+def _sums(metrics) -> dict:
+    return {k: np.asarray(v).item() for k, v in jax.device_get(metrics).items()}
 
 
 def model_summary(model: nn.Module, image_shape) -> str:
@@ -393,38 +533,6 @@ def model_summary(model: nn.Module, image_shape) -> str:
                            console_kwargs={"width": 120, "force_terminal": False,
                                            "color_system": None})
     return table
-
-
-class RunWriter:
-    """Writes the files of a run directory; each file is replaced atomically."""
-
-    def __init__(self, workdir: str):
-        self.workdir = workdir
-        os.makedirs(workdir, exist_ok=True)
-
-    def _path(self, name):
-        return os.path.join(self.workdir, name)
-
-    def write_text(self, name: str, text: str):
-        tmp = self._path(name + ".tmp")
-        with open(tmp, "w") as f:
-            f.write(text)
-        os.replace(tmp, self._path(name))
-
-    def write_json(self, name: str, obj):
-        self.write_text(name, json.dumps(obj, indent=2, default=_jsonable) + "\n")
-
-    def append_jsonl(self, name: str, obj):
-        with open(self._path(name), "a") as f:
-            f.write(json.dumps(obj, default=_jsonable) + "\n")
-
-
-def _jsonable(x):
-    if isinstance(x, (np.generic, jax.Array)):
-        return np.asarray(x).tolist()
-    if isinstance(x, tuple):
-        return list(x)
-    raise TypeError(f"not JSON serialisable: {type(x).__name__}")
 
 
 def _limit(data: datasets.Dataset, data_config: dict) -> datasets.Dataset:
@@ -444,12 +552,12 @@ def _banner(text: str) -> str:
     return f"{line}\nWARNING: {text}\n{line}"
 
 
-def _progress_bar(total: int):
+def _progress_bar(total: int, initial: int = 0):
     if not sys.stderr.isatty():
         return None
     from tqdm import tqdm
 
-    return tqdm(total=total, unit="step", dynamic_ncols=True, leave=False)
+    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, leave=False)
 
 
 def _log_epoch(r: dict, epochs: int, progress, log):

@@ -40,7 +40,7 @@ def test_shipped_experiments_resolve():
         assert config["epochs"] >= 1
     cnn_bn = config_lib.load_experiment(os.path.join(EXPERIMENTS, "cnn_bn.py"))
     assert cnn_bn["model"] == {"name": "cnn", "cdims": [32, 64], "hdims": [32], "ksize": 3,
-                               "batch_norm": True, "dropout": 0.5}
+                               "batch_norm": True, "dropout": 0.1}
     fashion = config_lib.load_experiment(os.path.join(EXPERIMENTS, "lenet_fashion.py"))
     assert fashion["data"]["dataset"] == "fashion_mnist" and fashion["model"]["name"] == "lenet5"
 
@@ -189,7 +189,7 @@ def test_lenet_fashion_run_writes_the_run_directory(tmp_path, capsys, devices):
     # Running again into the same workdir refuses; --restart moves the old run aside.
     code, _, err = run_main(capsys, os.path.join(EXPERIMENTS, "lenet_fashion.py"), *SMALL,
                             "--workdir", workdir)
-    assert code == 2 and "already holds files" in err
+    assert code == 2 and "holds a run of a different config" in err and "epochs: 2 there, 1 now" in err
     assert json.loads((workdir / "config.json").read_text())["epochs"] == 2  # untouched
     code, out, _ = run_main(capsys, os.path.join(EXPERIMENTS, "lenet_fashion.py"), *SMALL,
                             "--workdir", workdir, "--restart")

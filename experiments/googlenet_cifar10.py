@@ -1,0 +1,8 @@
+"""GoogLeNet with auxiliary classifiers on CIFAR-10 (small-input stem, crop and flip)."""
+
+from jaxcnn.config import extend
+
+config = extend("googlenet_fashion.py", {
+    "data": {"dataset": "cifar10", "crop_padding": 4, "flip": True},
+    "epochs": 60,
+})

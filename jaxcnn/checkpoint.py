@@ -1,0 +1,139 @@
+"""Checkpoints of a run, with Orbax: ``WORKDIR/checkpoints/<step>/{state,progress}``.
+
+Each checkpoint holds the train state (parameters, BatchNorm statistics, optimizer state, step,
+dropout key) and a small JSON ``progress`` record (where in the epoch the run is, the partial
+epoch's metric sums, the best test accuracy so far). Orbax writes each one into a temporary
+folder and renames it when complete, so a killed process never leaves a half-written checkpoint
+under a step's name. The last ``keep`` checkpoints are kept, plus the best by test accuracy.
+"""
+
+import logging
+import os
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as policies
+
+from jaxcnn.errors import UserError
+
+
+
+def _to_saveable(state):
+    """The state as a pytree of arrays (typed PRNG keys become their raw uint32 data)."""
+    return {"step": state.step, "params": state.params, "batch_stats": state.batch_stats,
+            "opt_state": state.opt_state, "rng": jax.random.key_data(state.rng)}
+
+
+class Checkpoints:
+    """Saves and restores the checkpoints of one run directory."""
+
+    def __init__(self, directory: str, keep: int):
+        self.directory = os.path.abspath(directory)
+        options = ocp.CheckpointManagerOptions(
+            enable_async_checkpointing=False,  # the next step donates the state's buffers
+            preservation_policy=policies.AnyPreservationPolicy([
+                policies.LatestN(keep),
+                policies.BestN(get_metric_fn=lambda m: m["test_accuracy"], n=1,
+                               keep_checkpoints_without_metrics=False),
+            ]),
+        )
+        self.manager = ocp.CheckpointManager(self.directory, options=options)
+
+    def save(self, state, progress: dict, test_accuracy: float | None = None) -> int:
+        step = int(jax.device_get(state.step))
+        metrics = None if test_accuracy is None else {"test_accuracy": float(test_accuracy)}
+        self.manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(_to_saveable(state)),
+            progress=ocp.args.JsonSave(progress)), metrics=metrics, force=True)
+        self.manager.wait_until_finished()
+        return step
+
+    def steps(self) -> list[int]:
+        return sorted(self.manager.all_steps())
+
+    def restore_latest(self, state):
+        """(state, progress) of the newest checkpoint that reads back, or None if there is none.
+
+        ``state`` is the freshly initialised state: it gives the structure, shapes and
+        shardings to restore into. A checkpoint that cannot be read is skipped with a warning;
+        one that holds a different model is an error.
+        """
+        steps = self.steps()
+        if not steps:
+            return None
+        target = jax.tree.map(ocp.utils.to_shape_dtype_struct, _to_saveable(state))
+        problems = []
+        for step in reversed(steps):
+            self._check_shapes(step, target)
+            try:
+                restored = self.manager.restore(step, args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(target), progress=ocp.args.JsonRestore()))
+            except Exception as e:  # noqa: BLE001 - any failure to read means: try an older one
+                reason = " ".join(f"{type(e).__name__}: {e}".split())[:300]
+                problems.append(f"step {step} ({reason})")
+                # Moved aside, never deleted; the step is free to be saved again.
+                aside = os.path.join(self.directory + ".unreadable", str(step))
+                os.makedirs(os.path.dirname(aside), exist_ok=True)
+                os.rename(os.path.join(self.directory, str(step)), aside)
+                self.manager.reload()
+                print(f"WARNING: checkpoint {self.directory}/{step} cannot be read ({reason}); "
+                      f"moved it to {aside} and falling back to the one before it.")
+                continue
+            saved = restored["state"]
+            state = state.replace(step=saved["step"], params=saved["params"],
+                                  batch_stats=saved["batch_stats"], opt_state=saved["opt_state"],
+                                  rng=jax.random.wrap_key_data(saved["rng"]))
+            return state, dict(restored["progress"])
+        raise UserError(
+            f"No checkpoint in {self.directory} can be read: {'; '.join(problems)}. Run again "
+            "with --restart to move this run aside and start afresh, or restore the folder "
+            "from a backup.")
+
+    def _check_shapes(self, step: int, target) -> None:
+        """UserError if checkpoint ``step`` holds arrays of other names or shapes than ``target``."""
+        absl = logging.getLogger("absl")
+        level = absl.level
+        absl.setLevel(logging.ERROR)  # Orbax warns about every item it is not asked to restore
+        try:
+            metadata = self.manager.item_metadata(step)["state"]
+        except Exception:  # noqa: BLE001 - unreadable metadata: let restore report it
+            return
+        finally:
+            absl.setLevel(level)
+        if metadata is None:
+            return
+        saved = {_path_name(k): tuple(np.shape(v))
+                 for k, v in jax.tree_util.tree_leaves_with_path(metadata)
+                 if hasattr(v, "shape")}
+        wanted = {_path_name(k): tuple(np.shape(v))
+                  for k, v in jax.tree_util.tree_leaves_with_path(target)}
+        if not saved or saved == wanted:
+            return
+        missing = sorted(set(wanted) - set(saved))
+        extra = sorted(set(saved) - set(wanted))
+        differ = sorted(k for k in set(saved) & set(wanted) if saved[k] != wanted[k])
+        details = []
+        if differ:
+            k = differ[0]
+            details.append(f"{k} has shape {saved[k]} there but {wanted[k]} here")
+        if missing:
+            details.append(f"{missing[0]} is missing there")
+        if extra:
+            details.append(f"{extra[0]} is there but not in this model")
+        raise UserError(
+            f"The checkpoint {self.directory}/{step} holds another model or input shape than "
+            f"this config: {'; '.join(details)}. Use another --workdir, or --restart to move "
+            "the old run aside.")
+
+
+def _path_name(path) -> str:
+    """'params/conv1/kernel' for a pytree key path, however its nodes are keyed (dict keys,
+    attributes of named tuples, sequence indices), since Orbax's metadata keys them differently."""
+    names = []
+    for entry in path:
+        for attr in ("key", "name", "idx"):
+            if hasattr(entry, attr):
+                names.append(str(getattr(entry, attr)))
+                break
+    return "/".join(names)

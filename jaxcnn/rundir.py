@@ -1,0 +1,140 @@
+"""The run directory: claiming it, and writing its files without ever losing an earlier run.
+
+    WORKDIR/config.json        the resolved config
+    WORKDIR/metrics.jsonl      one JSON object per epoch
+    WORKDIR/summary.json       the final summary
+    WORKDIR/model_summary.txt  the per-layer table of the model
+    WORKDIR/checkpoints/       Orbax checkpoints (see jaxcnn.checkpoint)
+"""
+
+import json
+import os
+
+import jax
+import numpy as np
+
+from jaxcnn.errors import UserError
+
+
+def jsonable(config: dict) -> dict:
+    """``config`` as it reads back from JSON (tuples become lists)."""
+    return json.loads(json.dumps(config, default=_default))
+
+
+def claim(workdir: str, config: dict, restart: bool) -> bool:
+    """Makes ``workdir`` ready for ``config``; True when it holds this config's run to resume.
+
+    A workdir holding a run of another config (or other files) is refused; ``restart`` moves it
+    aside to WORKDIR.old-N first. Nothing is ever deleted.
+    """
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise UserError(f"--workdir {workdir!r} is a file, not a directory: choose another path.")
+    if os.path.isdir(workdir) and os.listdir(workdir):
+        if restart:
+            n = 1
+            while os.path.exists(f"{workdir}.old-{n}"):
+                n += 1
+            os.rename(workdir, f"{workdir}.old-{n}")
+            print(f"moved the earlier run in {workdir} to {workdir}.old-{n}")
+        else:
+            old = _read_config(workdir)
+            differences = _differences(old, jsonable(config))
+            if differences:
+                shown = "; ".join(differences[:8]) + ("; ..." if len(differences) > 8 else "")
+                raise UserError(
+                    f"The workdir {workdir!r} holds a run of a different config ({shown}). "
+                    "Choose another --workdir, or pass --restart to move the old run aside (to "
+                    f"{workdir}.old-N; nothing is deleted).")
+            _check_writable(workdir)
+            return True
+    _check_writable(workdir)
+    return False
+
+
+def _read_config(workdir: str) -> dict:
+    path = os.path.join(workdir, "config.json")
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        raise UserError(
+            f"The workdir {workdir!r} is not empty but holds no readable config.json of a jaxcnn "
+            "run. Choose another --workdir, or pass --restart to move its contents aside (to "
+            f"{workdir}.old-N; nothing is deleted).") from None
+
+
+def _differences(old, new, prefix="") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for key in sorted(set(old) | set(new)):
+            out += _differences(old.get(key, "<unset>"), new.get(key, "<unset>"), f"{prefix}{key}.")
+        return out
+    return [] if old == new else [f"{prefix[:-1]}: {old!r} there, {new!r} now"]
+
+
+def _check_writable(workdir: str) -> None:
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        probe = os.path.join(workdir, ".write-test")
+        with open(probe, "w"):
+            pass
+        os.remove(probe)
+    except OSError as e:
+        raise UserError(
+            f"Cannot write to the workdir {workdir!r} ({e.strerror}). Choose a writable "
+            "--workdir.") from None
+
+
+class RunWriter:
+    """Writes the files of a run directory (on process 0 only); each file is replaced atomically."""
+
+    def __init__(self, workdir: str, enabled: bool = True):
+        self.workdir, self.enabled = workdir, enabled
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.workdir, name)
+
+    def write_text(self, name: str, text: str) -> None:
+        if not self.enabled:
+            return
+        os.makedirs(self.workdir, exist_ok=True)
+        tmp = self.path(name + ".tmp")
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, self.path(name))
+
+    def write_json(self, name: str, obj) -> None:
+        self.write_text(name, json.dumps(obj, indent=2, default=_default) + "\n")
+
+    def append_jsonl(self, name: str, obj) -> None:
+        if not self.enabled:
+            return
+        with open(self.path(name), "a") as f:
+            f.write(json.dumps(obj, default=_default) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def truncate_metrics(self, last_step: int) -> None:
+        """Drops metrics.jsonl lines after ``last_step`` (written after the checkpoint a run
+        resumes from) and any line cut short by a crash."""
+        if not self.enabled or not os.path.exists(self.path("metrics.jsonl")):
+            return
+        kept = []
+        with open(self.path("metrics.jsonl")) as f:
+            for line in f:
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    break
+                if record.get("step", 0) > last_step:
+                    break
+                kept.append(line if line.endswith("\n") else line + "\n")
+        self.write_text("metrics.jsonl", "".join(kept))
+
+
+def _default(x):
+    if isinstance(x, (np.generic, jax.Array)):
+        return np.asarray(x).tolist()
+    if isinstance(x, tuple):
+        return list(x)
+    raise TypeError(f"not JSON serialisable: {type(x).__name__}")

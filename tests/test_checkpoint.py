@@ -1,0 +1,177 @@
+"""Checkpoints: exact resume after SIGKILL and SIGTERM, fallback past a corrupted checkpoint,
+the NaN guard, and refusing a checkpoint of another model."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+import pytest
+
+from conftest import require_fashion_mnist
+from jaxcnn import checkpoint
+from jaxcnn.errors import UserError
+from jaxcnn.launch import main
+from jaxcnn.models import create_model
+from jaxcnn.train import create_train_state
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXPERIMENT = os.path.join(ROOT, "experiments", "lenet_fashion.py")
+# 2 epochs of 16 steps, a checkpoint every 4 steps; the cnn has BatchNorm and dropout, so their
+# statistics and keys must come back right too.
+ARGS = ["--set", "epochs=2", "--set", "batch_size=64", "--set", "data.max_train_examples=1024",
+        "--set", "data.max_test_examples=512", "--set", "checkpoint.every_steps=4",
+        "--set", "epoch_loop='step'", "--set", "model={'name': 'cnn', 'cdims': [8, 16], "
+        "'hdims': [16], 'batch_norm': True, 'dropout': 0.2}"]
+TIMING_KEYS = {"images_per_sec", "epoch_seconds"}
+
+
+def launch(workdir, *extra):
+    return subprocess.Popen(
+        [sys.executable, "-m", "jaxcnn.launch", EXPERIMENT, *ARGS, *extra, "--workdir", str(workdir)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": ROOT, "PYTHONUNBUFFERED": "1",
+             "XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
+
+
+def finish(proc, timeout=240):
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, out, err
+
+
+def steps(workdir):
+    folder = os.path.join(workdir, "checkpoints")
+    return sorted(int(d) for d in os.listdir(folder) if d.isdigit()) if os.path.isdir(folder) else []
+
+
+def final_state(workdir):
+    return ocp.StandardCheckpointer().restore(os.path.join(workdir, "checkpoints", str(steps(workdir)[-1]), "state"))
+
+
+def metrics_lines(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [{k: v for k, v in json.loads(line).items() if k not in TIMING_KEYS} for line in f]
+
+
+def wait_for_checkpoint(proc, workdir, at_least, timeout=180):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if len(steps(workdir)) >= at_least:
+            return
+        if proc.poll() is not None:
+            pytest.fail(f"training ended before its checkpoints: {proc.communicate()}")
+        time.sleep(0.05)
+    proc.kill()
+    pytest.fail("no checkpoint appeared")
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """An uninterrupted run."""
+    require_fashion_mnist()
+    workdir = tmp_path_factory.mktemp("reference") / "run"
+    code, out, err = finish(launch(workdir))
+    assert code == 0, err
+    return workdir
+
+
+def assert_same_run(workdir, reference):
+    assert steps(workdir)[-1] == steps(reference)[-1] == 32
+    jax.tree.map(np.testing.assert_array_equal, final_state(workdir), final_state(reference))
+    assert metrics_lines(workdir) == metrics_lines(reference)
+
+
+def test_resume_after_sigkill_is_bit_identical(tmp_path, reference):
+    workdir = tmp_path / "run"
+    proc = launch(workdir)
+    wait_for_checkpoint(proc, workdir, at_least=2)  # somewhere in the first or second epoch
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = steps(workdir)[-1]
+    assert killed_at < 32
+    code, out, err = finish(launch(workdir))
+    assert code == 0, err
+    assert "resuming the run" in out and f"resumed from the checkpoint at step {killed_at}" in out
+    assert_same_run(workdir, reference)
+
+
+def test_sigterm_saves_and_exits_nonzero_and_resume_is_bit_identical(tmp_path, reference):
+    workdir = tmp_path / "run"
+    proc = launch(workdir)
+    wait_for_checkpoint(proc, workdir, at_least=1)
+    proc.send_signal(signal.SIGTERM)
+    code, out, err = finish(proc)
+    err = " ".join(err.split())
+    assert code == 128 + signal.SIGTERM, err
+    assert "Stopped by SIGTERM" in err and "Run the same command again to resume" in err
+    assert "Traceback" not in err
+    stopped_at = steps(workdir)[-1]
+    assert f"after step {stopped_at}" in err
+    code, out, err = finish(launch(workdir))
+    assert code == 0, err
+    assert_same_run(workdir, reference)
+
+
+def test_corrupted_latest_checkpoint_falls_back_to_the_one_before(tmp_path, reference):
+    workdir = tmp_path / "run"
+    shutil.copytree(reference, workdir)
+    latest = steps(workdir)[-1]
+    state_dir = os.path.join(workdir, "checkpoints", str(latest), "state")
+    for folder, _, files in os.walk(state_dir):  # truncate every data file of the newest checkpoint
+        for name in files:
+            path = os.path.join(folder, name)
+            with open(path, "r+b") as f:
+                f.truncate(os.path.getsize(path) // 3)
+    code, out, err = finish(launch(workdir))
+    assert code == 0, err
+    assert f"checkpoint {os.path.join(os.path.abspath(workdir), 'checkpoints')}/{latest} cannot be read" in out
+    assert os.path.isdir(os.path.join(workdir, "checkpoints.unreadable", str(latest)))  # kept aside
+    assert_same_run(workdir, reference)
+
+
+def test_nan_loss_stops_with_step_and_learning_rate_and_keeps_the_good_checkpoint(tmp_path, capsys):
+    require_fashion_mnist()
+    workdir = tmp_path / "run"
+    code = main([EXPERIMENT, *ARGS, "--set", "optimizer={'name': 'sgd', 'learning_rate': 1e12}",
+                 "--workdir", str(workdir)])
+    err = " ".join(capsys.readouterr().err.split())
+    assert code == 3, err
+    assert "became NaN or infinite at step 2 (epoch 1)" in err
+    assert "learning rate 9.98e+11" in err  # the cosine schedule of lenet.py at step 2 of 32
+    assert "grad_clip_norm" in err
+    bad_step = int(err.split("infinite at step ")[1].split()[0])
+    assert all(s < bad_step for s in steps(workdir))
+    if steps(workdir):  # the kept checkpoint holds finite weights
+        leaves = jax.tree.leaves(final_state(workdir)["params"])
+        assert all(np.all(np.isfinite(x)) for x in leaves)
+
+
+def test_checkpoint_of_another_model_is_refused(tmp_path):
+    def state(name, **kw):
+        return create_train_state(create_model(name, 10, **kw), optax.adam(1e-3), (28, 28, 1), 0)
+
+    ckpts = checkpoint.Checkpoints(str(tmp_path / "checkpoints"), keep=2)
+    ckpts.save(state("lenet5"), {"epoch": 1})
+    restored, progress = ckpts.restore_latest(state("lenet5"))
+    assert progress == {"epoch": 1}
+    with pytest.raises(UserError, match="holds another model or input shape"):
+        ckpts.restore_latest(state("cnn", cdims=(8,), hdims=()))
+
+
+def test_no_readable_checkpoint_is_an_error(tmp_path):
+    ckpts = checkpoint.Checkpoints(str(tmp_path / "checkpoints"), keep=2)
+    s = create_train_state(create_model("lenet5", 10), optax.adam(1e-3), (28, 28, 1), 0)
+    ckpts.save(s, {"epoch": 1})
+    for folder, _, files in os.walk(tmp_path / "checkpoints"):
+        for name in files:
+            if "state" in folder:
+                open(os.path.join(folder, name), "w").close()
+    with pytest.raises(UserError, match="No checkpoint in .* can be read.*--restart"):
+        ckpts.restore_latest(s)
