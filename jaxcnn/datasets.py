@@ -56,7 +56,7 @@ from typing import NoReturn
 
 import numpy as np
 
-from jaxcnn.errors import UserError
+from jaxcnn.errors import UserError, did_you_mean
 
 log = logging.getLogger(__name__)
 
@@ -908,7 +908,9 @@ def _not_found_error(name: str, cache_file: pathlib.Path, notes: list[str]) -> D
     if name not in BUILTIN_NAMES:
         fixes.append(f"check that '{name}' is spelled as in the TFDS catalog")
     fixes.append(f"copy a {cache_file.name} written by jaxcnn on another machine to {cache_file}")
+    suggestion = "" if name in BUILTIN_NAMES else did_you_mean(name, BUILTIN_NAMES)
     return DatasetError(
-        f"Could not find the dataset '{name}' on this machine. Looked at: "
+        f"Could not find the dataset '{name}' on this machine.{suggestion} Built in: "
+        f"{', '.join(BUILTIN_NAMES)}; any other name is looked up in TFDS. Looked at: "
         f"{'; '.join(notes)}. To fix this, " + "; or ".join(fixes) + "."
     )

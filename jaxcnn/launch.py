@@ -46,6 +46,7 @@ def prepare(args) -> tuple[dict, str]:
 
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    created, workdir = False, None
     try:
         config, workdir = prepare(args)
         print("config:", json.dumps(config, indent=2))
@@ -54,10 +55,13 @@ def main(argv=None) -> int:
         from jaxcnn import rundir
         from jaxcnn.train import train_and_evaluate
 
+        created = not os.path.exists(workdir)
         if jax.process_index() == 0 and rundir.claim(workdir, config, args.restart):
             print(f"resuming the run in {workdir}")
         train_and_evaluate(config, workdir)
     except UserError as e:
+        if created and os.path.isdir(workdir) and not os.listdir(workdir):
+            os.rmdir(workdir)  # made by this command and still empty: leave no trace
         if args.debug:
             raise
         _paragraph(f"error: {e}")
@@ -72,7 +76,8 @@ def main(argv=None) -> int:
 
 
 def _paragraph(text: str) -> None:
-    print(textwrap.fill(" ".join(text.split()), width=100), file=sys.stderr)
+    print(textwrap.fill(" ".join(text.split()), width=100, break_on_hyphens=False,
+                        break_long_words=False), file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from conftest import require_fashion_mnist
 from jaxcnn import config as config_lib
 from jaxcnn.errors import UserError
 from jaxcnn.launch import main
+from jaxcnn.models import MODELS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXPERIMENTS = os.path.join(ROOT, "experiments")
@@ -100,7 +101,7 @@ def test_unknown_model_and_model_argument_are_refused(tmp_path, capsys):
     require_fashion_mnist()
     for text, message in (
         ("{'model': {'name': 'lenet'}, 'data': {'dataset': 'fashion_mnist'}}",
-         "Unknown model 'lenet'. Valid models: cnn, lenet5. Did you mean 'lenet5'?"),
+         "Unknown model 'lenet'. Valid models: " + ", ".join(sorted(MODELS)) + ". Did you mean 'lenet5'?"),
         ("{'model': {'name': 'cnn', 'cdim': [8]}, 'data': {'dataset': 'fashion_mnist'}}",
          "Unknown setting model.cdim for model 'cnn'. Did you mean 'cdims'?"),
     ):
@@ -211,3 +212,35 @@ def test_lenet_offline_trains_on_the_mnist_subset_and_says_so(tmp_path, capsys, 
     assert summary["data"]["train_count"] == 4000 and summary["data"]["test_count"] == 1000
     last = json.loads((workdir / "metrics.jsonl").read_text().splitlines()[-1])
     assert last["test_count"] == 1000
+
+
+def test_unknown_dataset_is_refused_quickly_and_leaves_no_workdir(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
+    workdir = tmp_path / "run"
+    code, _, err = run_main(capsys, os.path.join(EXPERIMENTS, "lenet.py"),
+                            "--set", "data.dataset=fashon_mnist", "--workdir", workdir)
+    assert code == 2 and "Could not find the dataset 'fashon_mnist'" in err
+    assert "Did you mean 'fashion_mnist'?" in err and "tensorflow" in err.lower()
+    assert not workdir.exists()
+
+
+def test_truncated_dataset_file_is_refused(tmp_path, capsys):
+    import gzip
+
+    import numpy as np
+
+    data_dir = tmp_path / "digits"
+    data_dir.mkdir()
+
+    def idx(name, magic, dims, payload):
+        header = np.array([magic, *dims], ">u4").tobytes()
+        with gzip.open(data_dir / (name + ".gz"), "wb") as f:
+            f.write(header + payload)
+
+    idx("train-images-idx3-ubyte", 2051, (100, 28, 28), bytes(28 * 28 * 60))  # 40 images short
+    idx("train-labels-idx1-ubyte", 2049, (100,), bytes(100))
+    idx("t10k-images-idx3-ubyte", 2051, (10, 28, 28), bytes(28 * 28 * 10))
+    idx("t10k-labels-idx1-ubyte", 2049, (10,), bytes(10))
+    code, _, err = run_main(capsys, os.path.join(EXPERIMENTS, "lenet.py"), "--set",
+                            f"data.data_dir='{data_dir}'", "--workdir", tmp_path / "run")
+    assert code == 2 and "train-images-idx3-ubyte.gz" in err, err
