@@ -71,9 +71,9 @@ def train_step(state: TrainState, batch, axis_name: str | None = None,
     training; each auxiliary loss is added with weight ``aux_loss_weight``. The reported loss and
     accuracy are those of the main classifier.
     """
+    # The same key on every device: dropout layers draw the global batch's masks from it and
+    # keep their own rows (jaxcnn.models.layers.Dropout), whatever the device count.
     key = jax.random.fold_in(state.rng, state.step)
-    if axis_name is not None:
-        key = jax.random.fold_in(key, jax.lax.axis_index(axis_name))
 
     def loss_fn(params):
         variables = {"params": params, "batch_stats": state.batch_stats}

@@ -8,7 +8,7 @@ import pytest
 
 from jaxcnn.errors import UserError
 from jaxcnn.models import MODELS, create_model
-from jaxcnn.models.layers import max_pool
+from jaxcnn.models.layers import Dropout, max_pool
 
 
 def count(tree) -> int:
@@ -99,7 +99,7 @@ def test_dropout_only_in_training_and_whole_channels_at_a_time():
     assert not np.allclose(c, d)
     # Spatial dropout: capture the dropped feature map and check each channel is all-or-nothing.
     _, state = model.apply(variables, x, train=True, rngs={"dropout": jax.random.key(2)},
-                           capture_intermediates=lambda m, name: isinstance(m, nn.Dropout))
+                           capture_intermediates=lambda m, name: isinstance(m, Dropout))
     dropped = np.asarray(jax.tree.leaves(state["intermediates"])[0])  # [4, 14, 14, 16]
     zero_channels = np.all(dropped == 0, axis=(1, 2))
     nonzero_somewhere = np.any(dropped != 0, axis=(1, 2))

@@ -153,8 +153,13 @@ def run_trainer(config, devices, data=None):
     return trainer, history
 
 
-def test_trainer_on_8_devices_matches_1_device_with_augmentation(devices):
-    config = trainer_config()
+@pytest.mark.parametrize("model", [
+    {"name": "lenet5"},
+    {"name": "cnn", "cdims": [8, 16], "hdims": [16], "batch_norm": True, "dropout": 0.3},
+])
+def test_trainer_on_8_devices_matches_1_device_with_augmentation(devices, model):
+    # Augmentation, dropout masks and BatchNorm statistics all follow the global batch.
+    config = trainer_config(model=model)
     t1, h1 = run_trainer(config, devices[:1])
     t8, h8 = run_trainer(config, devices)
     for a, b in zip(h1, h8):

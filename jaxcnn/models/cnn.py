@@ -13,7 +13,8 @@ with ``batch_norm=True``).
 
 BatchNorm and dropout follow ``train``: batch statistics and dropout when training, running
 statistics and no dropout when evaluating. ``axis_name`` makes BatchNorm average its batch
-statistics over that named device axis (the global batch); leave it None outside a
+statistics over that named device axis (the global batch) and dropout draw the global batch's
+masks, so the math does not depend on the device count; leave it None outside a
 ``shard_map``/``pmap``.
 """
 
@@ -22,7 +23,7 @@ from typing import Any, Callable, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxcnn.models.layers import max_pool
+from jaxcnn.models.layers import Dropout, max_pool
 
 kaiming_normal = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
 
@@ -54,7 +55,8 @@ class CNN(nn.Module):
                               axis_name=self.axis_name, dtype=self.dtype, name=f"bn{i + 1}")(x)
             x = max_pool(nn.relu(x), 2)
             # Spatial dropout (PyTorch's Dropout2d): one draw per example and channel.
-            x = nn.Dropout(self.dropout, broadcast_dims=(1, 2), deterministic=not train)(x)
+            x = Dropout(self.dropout, broadcast_dims=(1, 2), axis_name=self.axis_name)(
+                x, deterministic=not train)
         x = x.reshape((x.shape[0], -1))
         for i, h in enumerate(self.hdims):
             x = nn.relu(nn.Dense(h, kernel_init=kaiming_normal, dtype=self.dtype, name=f"fc{i + 1}")(x))
