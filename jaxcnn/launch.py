@@ -30,7 +30,64 @@ def parse_args(argv):
                              "(it is never deleted) and start afresh; without it, a run of the "
                              "same config is resumed and one of another config is refused")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    multi = parser.add_argument_group(
+        "multi-host (jax.distributed): start one process per host, all with the same arguments "
+        "except --process-id")
+    multi.add_argument("--coordinator", metavar="HOST:PORT",
+                       help="address of process 0, which coordinates the others")
+    multi.add_argument("--num-processes", type=int, metavar="N", help="number of processes")
+    multi.add_argument("--process-id", type=int, metavar="I", help="this process's rank, 0..N-1")
+    multi.add_argument("--auto-distributed", action="store_true",
+                       help="let JAX detect the cluster itself (Cloud TPU pods, SLURM)")
+    multi.add_argument("--init-timeout", type=int, default=300, metavar="SECONDS",
+                       help="how long to wait for every process to join (default 300)")
     return parser.parse_args(argv)
+
+
+def init_distributed(args) -> None:
+    """Joins the processes of a multi-host run (before any other JAX call), if asked to."""
+    explicit = (args.coordinator, args.num_processes, args.process_id)
+    if not args.auto_distributed and all(v is None for v in explicit):
+        return
+    if not args.auto_distributed and any(v is None for v in explicit):
+        raise UserError(
+            "A multi-host run needs all of --coordinator HOST:PORT, --num-processes N and "
+            "--process-id I (or --auto-distributed on Cloud TPU pods and SLURM).")
+    if not args.auto_distributed and not 0 <= args.process_id < args.num_processes:
+        raise UserError(
+            f"--process-id {args.process_id} must be in 0..{args.num_processes - 1} "
+            f"(--num-processes {args.num_processes}).")
+    import threading
+
+    import jax
+
+    where = "the cluster" if args.auto_distributed else f"the coordinator at {args.coordinator}"
+    advice = ("Start every process with the same --coordinator and --num-processes and its own "
+              "--process-id, and check that process 0 is running and reachable.")
+
+    # JAX's runtime aborts the whole process (in C++) when peers do not come in time, so a
+    # watchdog says why first and exits cleanly.
+    def give_up():
+        _paragraph(f"error: Could not join {where}: not every one of the processes came within "
+                   f"{args.init_timeout} s (--init-timeout). {advice}")
+        os._exit(EXIT_USER_ERROR)
+
+    watchdog = threading.Timer(args.init_timeout, give_up)
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        timeout = args.init_timeout + 30  # JAX's own limit comes after the watchdog's
+        if args.auto_distributed:
+            jax.distributed.initialize(initialization_timeout=timeout)
+        else:
+            jax.distributed.initialize(
+                coordinator_address=args.coordinator, num_processes=args.num_processes,
+                process_id=args.process_id, initialization_timeout=timeout)
+    except Exception as e:  # noqa: BLE001 - JAX raises several kinds; all mean: could not join
+        reason = " ".join(str(e).split())[:300]
+        raise UserError(f"Could not join {where} ({type(e).__name__}: {reason}). {advice}") from None
+    finally:
+        watchdog.cancel()
 
 
 def prepare(args) -> tuple[dict, str]:
@@ -49,8 +106,11 @@ def main(argv=None) -> int:
     created, workdir = False, None
     try:
         config, workdir = prepare(args)
-        print("config:", json.dumps(config, indent=2))
+        init_distributed(args)
         import jax
+
+        if jax.process_index() == 0:
+            print("config:", json.dumps(config, indent=2))
 
         from jaxcnn import rundir
         from jaxcnn.train import train_and_evaluate

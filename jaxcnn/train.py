@@ -167,14 +167,29 @@ class Trainer:
         state = create_train_state(self.model, tx, data.train_images.shape[1:], config["seed"])
         state = state.replace(apply_fn=step_model.apply)
 
-        replicated = NamedSharding(mesh, P())
-        self.state = jax.device_put(state, replicated)
-        put = lambda x: jax.device_put(x, replicated)  # noqa: E731
+        self.state = self.replicate(state)
+        put = self.replicate
         self.train_images, self.train_labels = put(data.train_images), put(data.train_labels)
         self.test_images, self.test_labels = put(data.test_images), put(data.test_labels)
         self.param_count = sum(x.size for x in jax.tree.leaves(state.params))
         self.compile_seconds = 0.0
         self._compile()
+
+    def replicate(self, tree):
+        """A copy of ``tree`` on every device of the mesh, across all processes.
+
+        Every process holds the same values (same data, same seed); each one fills only its own
+        devices, which is also how a multi-host run feeds them.
+        """
+        sharding = NamedSharding(self.mesh, P())
+
+        def put(x):
+            if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+                return jax.random.wrap_key_data(put(jax.random.key_data(x)))
+            x = np.asarray(x)
+            return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+        return jax.tree.map(put, tree)
 
     # -- the functions each device runs ----------------------------------------------------
 
@@ -264,7 +279,7 @@ class Trainer:
         replicated = NamedSharding(mesh, P())
         self._train = train_fn.lower(self.state, self.zero_train_metrics(), self.train_images,
                                      self.train_labels, perm, 0, 0).compile()
-        self._eval = eval_fn.lower(self.state, jax.device_put(self._eval_metrics0, replicated),
+        self._eval = eval_fn.lower(self.state, self.replicate(self._eval_metrics0),
                                    self.test_images, self.test_labels, 0).compile()
         self.compile_seconds = time.perf_counter() - start
 
@@ -296,7 +311,7 @@ class Trainer:
         zeros = self._train_metrics0
         if sums is not None:
             zeros = {k: np.asarray(sums[k], v.dtype) for k, v in zeros.items()}
-        return jax.device_put(zeros, NamedSharding(self.mesh, P()))
+        return self.replicate(zeros)
 
     def train_call(self, epoch: int, perm, metrics, step: int):
         """Runs ``steps_per_call`` steps from ``step`` of ``epoch``; updates the state and
@@ -320,7 +335,7 @@ class Trainer:
 
     def evaluate(self) -> dict:
         """Loss, top-1 (and top-5) accuracy over every test example exactly once."""
-        metrics = jax.device_put(self._eval_metrics0, NamedSharding(self.mesh, P()))
+        metrics = self.replicate(self._eval_metrics0)
         if self.epoch_loop == "scan":
             metrics = self._eval(self.state, metrics, self.test_images, self.test_labels, 0)
         else:
@@ -469,7 +484,10 @@ def train_and_evaluate(config: dict, workdir: str, *, log=print) -> dict:
                  "num_classes": data.num_classes, "class_names": list(data.class_names),
                  "normalization": trainer.normalize._asdict()},
     }
+    summary["param_checksum"] = float(sum(np.abs(np.asarray(x, np.float64)).sum()
+                                          for x in jax.tree.leaves(jax.device_get(trainer.state.params))))
     writer.write_json("summary.json", summary)
+    log(f"parameter checksum (sum of |w|, equal on every process): {summary['param_checksum']!r}")
     log(f"done: final test accuracy {summary['final_test_accuracy']:.4f}, best "
         f"{summary['best_test_accuracy']:.4f} (epoch {summary['best_epoch']}), "
         f"{summary['wall_seconds']:.1f} s wall, {summary['train_images_per_sec']:,.0f} train images/s"

@@ -1,0 +1,68 @@
+"""Two jax.distributed processes on 127.0.0.1 train like one process with the same global batch."""
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+
+import numpy as np
+
+from conftest import require_fashion_mnist
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXPERIMENT = os.path.join(ROOT, "experiments", "lenet_fashion.py")
+ARGS = ["--set", "epochs=1", "--set", "batch_size=64", "--set", "data.max_train_examples=1024",
+        "--set", "data.max_test_examples=500", "--set", "model={'name': 'cnn', 'cdims': [8, 16], "
+        "'hdims': [16], 'batch_norm': True, 'dropout': 0.2}"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(workdir, devices, *extra):
+    env = {**os.environ, "PYTHONPATH": ROOT, "PYTHONUNBUFFERED": "1",
+           "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+    return subprocess.Popen([sys.executable, "-m", "jaxcnn.launch", EXPERIMENT, *ARGS, *extra,
+                             "--workdir", str(workdir)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def checksum(stdout: str) -> float:
+    return float(re.search(r"parameter checksum \(.*\): (\S+)", stdout).group(1))
+
+
+def test_two_processes_match_one_process(tmp_path):
+    require_fashion_mnist()
+    port = free_port()
+    multi = [start(tmp_path / "multi", 2, "--coordinator", f"127.0.0.1:{port}",
+                   "--num-processes", "2", "--process-id", str(i), "--init-timeout", "60")
+             for i in range(2)]
+    single = start(tmp_path / "single", 1)
+    outputs = []
+    for proc in [*multi, single]:
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+        outputs.append(out)
+    # Both processes hold the same parameters; so does one process on one device, to float error.
+    assert checksum(outputs[0]) == checksum(outputs[1])
+    np.testing.assert_allclose(checksum(outputs[0]), checksum(outputs[2]), rtol=1e-5)
+    # Only process 0 writes the run directory's files; the summary sees all 4 devices.
+    summary = json.loads((tmp_path / "multi" / "summary.json").read_text())
+    assert summary["devices"] == 4 and "run written to" in outputs[0] and "run written to" not in outputs[1]
+    single_summary = json.loads((tmp_path / "single" / "summary.json").read_text())
+    np.testing.assert_allclose(summary["final_test_loss"], single_summary["final_test_loss"], rtol=1e-5)
+
+
+def test_a_process_whose_peer_never_comes_exits_with_a_message(tmp_path):
+    require_fashion_mnist()
+    proc = start(tmp_path / "alone", 1, "--coordinator", f"127.0.0.1:{free_port()}",
+                 "--num-processes", "2", "--process-id", "0", "--init-timeout", "3")
+    out, err = proc.communicate(timeout=120)
+    err = " ".join(err.split())
+    assert proc.returncode == 2
+    assert "not every one of the processes came within 3 s" in err and "--process-id" in err
