@@ -28,6 +28,7 @@ from flax.training import train_state
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jaxcnn import checkpoint, datasets, input_pipeline, models, optim, rundir
+from jaxcnn.summary import summary_table
 from jaxcnn.errors import RunStopped, UserError
 
 AXIS = "data"
@@ -397,7 +398,7 @@ def train_and_evaluate(config: dict, workdir: str, *, log=print) -> dict:
             f"{progress['epoch'] + 1}, {progress['step_in_epoch']}/{spe} steps into it)")
     else:
         writer.write_json("config.json", config)
-        writer.write_text("model_summary.txt", model_summary(trainer.model, data.train_images.shape[1:]))
+        writer.write_text("model_summary.txt", summary_table(trainer.model, data.train_images.shape[1:]))
     writer.truncate_metrics(int(trainer.state.step))
     log(f"data: {data.name} from {data.source}: {trainer.num_train} train / {trainer.num_test} test "
         f"images {data.train_images.shape[1:]}, {data.num_classes} classes")
@@ -543,14 +544,6 @@ def _diverged(bad_step: int, trainer: Trainer, ckpts: checkpoint.Checkpoints) ->
 
 def _sums(metrics) -> dict:
     return {k: np.asarray(v).item() for k, v in jax.device_get(metrics).items()}
-
-
-def model_summary(model: nn.Module, image_shape) -> str:
-    """A per-layer table of ``model`` (output shapes and parameter counts)."""
-    table = model.tabulate(jax.random.key(0), jnp.zeros((1, *image_shape)), train=False,
-                           console_kwargs={"width": 120, "force_terminal": False,
-                                           "color_system": None})
-    return table
 
 
 def _limit(data: datasets.Dataset, data_config: dict) -> datasets.Dataset:

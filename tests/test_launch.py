@@ -184,7 +184,7 @@ def test_lenet_fashion_run_writes_the_run_directory(tmp_path, capsys, devices):
     assert summary["final_test_accuracy"] == lines[-1]["test_accuracy"]
     assert summary["best_test_accuracy"] == max(r["test_accuracy"] for r in lines)
     assert summary["devices"] == 8 and summary["wall_seconds"] > 0
-    assert "Total Parameters: 61,706" in (workdir / "model_summary.txt").read_text()
+    assert "Total params: 61,706" in (workdir / "model_summary.txt").read_text()
     assert '"name": "lenet_fashion"' in out  # the resolved config is printed
 
     # Running again into the same workdir refuses; --restart moves the old run aside.

@@ -3,6 +3,18 @@
 Every model is a ``flax.linen`` Module taking NHWC images and returning logits:
 ``model.apply(variables, x, train=False) -> [N, num_classes]``. To add a model, write its
 Module in a file of its own in this package and add its name here.
+
+    lenet5, cnn                      modern LeNet-5 and the configurable CNN (lenet.py, cnn.py)
+    lenet5_classic                   LeNet-5 exactly as in the 1998 paper (lenet_classic.py)
+    alexnet, alexnet_original        torchvision's AlexNet; the paper's two-tower net (alexnet.py)
+    vgg11/13/16/19, vgg*_bn          VGG configurations A, B, D, E (vgg.py)
+    googlenet                        Inception v1 with auxiliary classifiers (googlenet.py)
+    resnet18/34/50/101/152           ImageNet ResNets (resnet.py)
+    resnet20/32/44/56/110, resnet14  CIFAR ResNets, 6n+2 (resnet_cifar.py)
+
+The ImageNet architectures take ``small_input=True`` for 28x28 and 32x32 images (each file says
+what it changes). ``from_torchvision(name, state_dict)`` turns torchvision weights into Flax
+variables; ``python -m jaxcnn.summary NAME`` prints a model's layers.
 """
 
 import dataclasses
@@ -11,13 +23,46 @@ import functools
 import flax.linen as nn
 
 from jaxcnn.errors import UserError, did_you_mean
+from jaxcnn.models import resnet, resnet_cifar, vgg
+from jaxcnn.models.alexnet import AlexNet, AlexNetOriginal
 from jaxcnn.models.cnn import CNN
+from jaxcnn.models.googlenet import GoogLeNet
 from jaxcnn.models.lenet import LeNet5
+from jaxcnn.models.lenet_classic import LeNet5Classic
 
 MODELS: dict[str, type[nn.Module] | functools.partial] = {
     "lenet5": LeNet5,
     "cnn": CNN,
+    "lenet5_classic": LeNet5Classic,
+    "alexnet": AlexNet,
+    "alexnet_original": AlexNetOriginal,
+    **{name: functools.partial(vgg.VGG, layers=layers) for name, layers in vgg.LAYERS.items()},
+    **{f"{name}_bn": functools.partial(vgg.VGG, layers=layers, batch_norm=True)
+       for name, layers in vgg.LAYERS.items()},
+    "googlenet": GoogLeNet,
+    "resnet18": resnet.ResNet18,
+    "resnet34": resnet.ResNet34,
+    "resnet50": resnet.ResNet50,
+    "resnet101": resnet.ResNet101,
+    "resnet152": resnet.ResNet152,
+    "resnet14": functools.partial(resnet_cifar.TutorialResNet, blocks_per_stage=2),
+    **{f"resnet{depth}": resnet_cifar.cifar_resnet(depth) for depth in (20, 32, 44, 56, 110)},
 }
+
+# The input each model was designed for, (H, W, C) and class count; ImageNet otherwise.
+_NATIVE_INPUTS = {
+    "lenet5": ((28, 28, 1), 10),
+    "cnn": ((28, 28, 1), 10),
+    "lenet5_classic": ((32, 32, 1), 10),
+    **{f"resnet{depth}": ((32, 32, 3), 10) for depth in (14, 20, 32, 44, 56, 110)},
+}
+
+
+def native_input(name: str) -> tuple[tuple[int, int, int], int]:
+    """((H, W, C), num_classes) of the data model ``name`` was designed for (224x224x3 and 1000
+    classes for the ImageNet architectures); the default of ``python -m jaxcnn.summary``."""
+    return _NATIVE_INPUTS.get(name, ((224, 224, 3), 1000))
+
 
 # Fields that the framework sets itself; experiment files do not pass them.
 _RESERVED = ("num_classes", "parent", "name", "axis_name", "conv", "norm")
@@ -50,3 +95,13 @@ def create_model(name: str, num_classes: int, **kwargs) -> nn.Module:
                 + f" Valid settings for {name!r}: {', '.join(sorted(options)) or 'none'}.")
     return MODELS[name](num_classes=num_classes, **kwargs)
 
+
+def from_torchvision(name: str, state_dict, **model_kwargs) -> dict:
+    """Flax variables ({'params', 'batch_stats'}) of model ``name`` from a torchvision state dict.
+
+    See ``jaxcnn.models.torchvision_import`` (imported lazily: it needs neither torch nor
+    torchvision, only the state dict's arrays).
+    """
+    from jaxcnn.models import torchvision_import
+
+    return torchvision_import.from_torchvision(name, state_dict, **model_kwargs)
