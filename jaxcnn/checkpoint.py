@@ -49,6 +49,10 @@ class Checkpoints:
         self.manager.wait_until_finished()
         return step
 
+    def close(self) -> None:
+        """Stops Orbax's background work for this run directory."""
+        self.manager.close()
+
     def steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
 

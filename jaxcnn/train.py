@@ -459,6 +459,7 @@ def train_and_evaluate(config: dict, workdir: str, *, log=print) -> dict:
                 if stop.signal and epoch + 1 < epochs:
                     raise stop.stopped(record["step"], workdir)
     finally:
+        ckpts.close()
         if bar is not None:
             bar.close()
 

@@ -163,6 +163,7 @@ def test_checkpoint_of_another_model_is_refused(tmp_path):
     assert progress == {"epoch": 1}
     with pytest.raises(UserError, match="holds another model or input shape"):
         ckpts.restore_latest(state("cnn", cdims=(8,), hdims=()))
+    ckpts.close()
 
 
 def test_no_readable_checkpoint_is_an_error(tmp_path):
@@ -175,3 +176,4 @@ def test_no_readable_checkpoint_is_an_error(tmp_path):
                 open(os.path.join(folder, name), "w").close()
     with pytest.raises(UserError, match="No checkpoint in .* can be read.*--restart"):
         ckpts.restore_latest(s)
+    ckpts.close()
