@@ -277,7 +277,6 @@ class Trainer:
 
         perm = self.permutation(0)
         start = time.perf_counter()
-        replicated = NamedSharding(mesh, P())
         self._train = train_fn.lower(self.state, self.zero_train_metrics(), self.train_images,
                                      self.train_labels, perm, 0, 0).compile()
         self._eval = eval_fn.lower(self.state, self.replicate(self._eval_metrics0),
