@@ -10,6 +10,7 @@ replicated parameters over the axis by itself (pmap never does), and the explici
 below would then see gradients 8 times too large on 8 devices.
 """
 
+import dataclasses
 import functools
 import math
 import os
@@ -405,6 +406,8 @@ def train_and_evaluate(config: dict, workdir: str, *, log=print) -> dict:
         f"{trainer.num_devices} device(s) ({jax.default_backend()}), epoch loop '{trainer.epoch_loop}', "
         f"compiled in {trainer.compile_seconds:.1f} s")
 
+    wall_before = progress["wall_seconds"]  # of earlier sessions of this run
+
     def save(test_accuracy=None):
         progress["wall_seconds"] = wall_before + time.perf_counter() - session_start
         ckpts.save(trainer.state, progress, test_accuracy)
@@ -414,7 +417,6 @@ def train_and_evaluate(config: dict, workdir: str, *, log=print) -> dict:
         if bad >= 0:
             raise _diverged(bad, trainer, ckpts)
 
-    wall_before = progress["wall_seconds"]
     bar = _progress_bar(epochs * spe, initial=int(trainer.state.step))
     try:
         with _StopSignals() as stop:
@@ -547,8 +549,6 @@ def _sums(metrics) -> dict:
 
 
 def _limit(data: datasets.Dataset, data_config: dict) -> datasets.Dataset:
-    import dataclasses
-
     n_train, n_test = data_config["max_train_examples"], data_config["max_test_examples"]
     changes = {}
     if n_train is not None:
