@@ -11,6 +11,7 @@ import os
 import sys
 import textwrap
 
+from jaxcnn import hostmem
 from jaxcnn.errors import RunStopped, UserError
 
 EXIT_USER_ERROR = 2
@@ -102,6 +103,7 @@ def prepare(args) -> tuple[dict, str]:
 
 
 def main(argv=None) -> int:
+    hostmem.keep_freed_memory()  # before JAX starts its CPU backend; see jaxcnn/hostmem.py
     args = parse_args(sys.argv[1:] if argv is None else argv)
     created, workdir = False, None
     try:

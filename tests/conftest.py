@@ -10,6 +10,10 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Tests never write into the user's data cache.
 os.environ["JAXCNN_DATA_DIR"] = tempfile.mkdtemp(prefix="jaxcnn-test-cache-")
 
+from jaxcnn import hostmem  # noqa: E402
+
+hostmem.keep_freed_memory()  # as the launcher does: steps reuse memory instead of page-faulting
+
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
