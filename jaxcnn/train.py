@@ -391,6 +391,12 @@ def train_and_evaluate(config: dict, workdir: str, *, log=print) -> dict:
     progress = {"epoch": 0, "step_in_epoch": 0, "epoch_metrics": None, "best_test_accuracy": None,
                 "best_epoch": None, "last_record": None, "train_seconds": 0.0,
                 "wall_seconds": 0.0}
+    info = {"model": config["model"]["name"], "param_count": trainer.param_count,
+            "data": {"dataset": data.name, "source": data.source, "warning": data.warning,
+                     "train_count": trainer.num_train, "test_count": trainer.num_test,
+                     "image_shape": list(data.train_images.shape[1:]),
+                     "num_classes": data.num_classes, "class_names": list(data.class_names),
+                     "normalization": trainer.normalize._asdict()}}
     restored = ckpts.restore_latest(trainer.state)
     if restored:
         trainer.state, progress = restored
@@ -399,6 +405,7 @@ def train_and_evaluate(config: dict, workdir: str, *, log=print) -> dict:
     else:
         writer.write_json("config.json", config)
         writer.write_text("model_summary.txt", summary_table(trainer.model, data.train_images.shape[1:]))
+    writer.write_json("run.json", info)  # what restore, plot and compare need, from the start
     writer.truncate_metrics(int(trainer.state.step))
     log(f"data: {data.name} from {data.source}: {trainer.num_train} train / {trainer.num_test} test "
         f"images {data.train_images.shape[1:]}, {data.num_classes} classes")
@@ -450,7 +457,7 @@ def train_and_evaluate(config: dict, workdir: str, *, log=print) -> dict:
                     best = progress["best_test_accuracy"]
                     if best is None or record["test_accuracy"] > best:
                         progress.update(best_test_accuracy=record["test_accuracy"], best_epoch=epoch + 1)
-                writer.append_jsonl("metrics.jsonl", record)
+                writer.append_metrics(record)
                 _log_epoch(record, epochs, bar, log)
                 progress.update(epoch=epoch + 1, step_in_epoch=0, epoch_metrics=None, last_record=record,
                                 train_seconds=progress["train_seconds"] + seconds)
@@ -481,11 +488,7 @@ def train_and_evaluate(config: dict, workdir: str, *, log=print) -> dict:
         "train_images_per_sec": epochs * spe * config["batch_size"] / max(progress["train_seconds"], 1e-9),
         "devices": trainer.num_devices,
         "backend": jax.default_backend(),
-        "data": {"dataset": data.name, "source": data.source, "warning": data.warning,
-                 "train_count": trainer.num_train, "test_count": trainer.num_test,
-                 "image_shape": list(data.train_images.shape[1:]),
-                 "num_classes": data.num_classes, "class_names": list(data.class_names),
-                 "normalization": trainer.normalize._asdict()},
+        "data": info["data"],
     }
     summary["param_checksum"] = float(sum(np.abs(np.asarray(x, np.float64)).sum()
                                           for x in jax.tree.leaves(jax.device_get(trainer.state.params))))
