@@ -498,7 +498,29 @@ def train_and_evaluate(config: dict, workdir: str, *, log=print) -> dict:
         f"{summary['best_test_accuracy']:.4f} (epoch {summary['best_epoch']}), "
         f"{summary['wall_seconds']:.1f} s wall, {summary['train_images_per_sec']:,.0f} train images/s"
         + (f"; run written to {workdir}" if writer.enabled else ""))
+    if writer.enabled:
+        _write_plots(workdir, trainer, config, info, data, log)
     return summary
+
+
+def _write_plots(workdir: str, trainer: Trainer, config: dict, info: dict, data, log) -> None:
+    """The run's PNGs (jaxcnn.plot) from the final parameters; a failure is only a warning, since
+    the run itself is saved."""
+    start = time.perf_counter()
+    try:
+        from jaxcnn import plot
+        from jaxcnn.restore import Restored
+
+        model = Restored(trainer.model.apply, trainer.variables(), config, info,
+                         int(trainer.state.step))
+        written = plot.write_plots(workdir, model=model, data=data, log=log)
+    except Exception as e:  # noqa: BLE001 - plotting must never lose a finished run
+        reason = " ".join(f"{type(e).__name__}: {e}".split())[:300]
+        log(f"WARNING: could not write the plots ({reason}); the run is saved. Try again with: "
+            f"python -m jaxcnn.plot {workdir}")
+        return
+    names = ", ".join(os.path.basename(p) for p in written)
+    log(f"plots: {names} ({time.perf_counter() - start:.1f} s)")
 
 
 class _StopSignals:
