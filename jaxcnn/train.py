@@ -370,7 +370,9 @@ def train_and_evaluate(config: dict, workdir: str, *, log=print) -> dict:
     resumed run is bit-identical on CPU to one never interrupted, since the data order,
     augmentation and dropout are pure functions of (seed, epoch, step). SIGTERM/SIGINT finish
     the current step, save and raise RunStopped; so does a loss that turns NaN/inf (without
-    saving: the last good checkpoint stays the newest). Returns the summary (summary.json).
+    saving: the last good checkpoint stays the newest). At the end, process 0 writes the run's
+    PNGs (jaxcnn.plot) from the final parameters; a failure there is only a warning. Returns the
+    summary (summary.json).
     """
     session_start = time.perf_counter()
     data = datasets.load(config["data"]["dataset"], config["data"]["data_dir"])
