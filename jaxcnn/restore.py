@@ -94,7 +94,8 @@ def restore(run_dir: str, which: str = "best") -> Restored:
             raise UserError(
                 f"The run in {run_dir!r} has no checkpoint yet: the first is saved at the end of "
                 "its first epoch (or after checkpoint.every_steps steps).")
-        step = (which == "best" and ckpts.best_step()) or steps[-1]
+        step = ckpts.best_step() if which == "best" else None
+        step = steps[-1] if step is None else step
         model = make_model(config, info)
         image = jax.ShapeDtypeStruct((1, *info["data"]["image_shape"]), jnp.float32)
         shapes = jax.eval_shape(model.init, jax.random.key(0), image)

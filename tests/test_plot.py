@@ -7,7 +7,6 @@ import struct
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 from PIL import Image
 
 from jaxcnn import events, plot, rundir, train
