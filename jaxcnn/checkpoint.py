@@ -7,6 +7,7 @@ folder and renames it when complete, so a killed process never leaves a half-wri
 under a step's name. The last ``keep`` checkpoints are kept, plus the best by test accuracy.
 """
 
+import contextlib
 import logging
 import os
 
@@ -26,26 +27,33 @@ def _to_saveable(state):
 
 
 class Checkpoints:
-    """Saves and restores the checkpoints of one run directory."""
+    """Saves and restores the checkpoints of one run directory (only reads with ``read_only``)."""
 
-    def __init__(self, directory: str, keep: int):
+    def __init__(self, directory: str, keep: int, read_only: bool = False):
         self.directory = os.path.abspath(directory)
-        options = ocp.CheckpointManagerOptions(
+        options = dict(
             enable_async_checkpointing=False,  # the next step donates the state's buffers
+            read_only=read_only,
+            # With best_fn Orbax also writes each checkpoint's test accuracy to disk, so the best
+            # one is still known (and kept) after a resume.
+            best_fn=lambda m: m["test_accuracy"], best_mode="max",
             preservation_policy=policies.AnyPreservationPolicy([
                 policies.LatestN(keep),
                 policies.BestN(get_metric_fn=lambda m: m["test_accuracy"], n=1,
                                keep_checkpoints_without_metrics=False),
             ]),
         )
-        self.manager = ocp.CheckpointManager(self.directory, options=options)
+        with _quiet_absl():  # Orbax warns that a read-only manager will not write
+            self.manager = ocp.CheckpointManager(
+                self.directory, options=ocp.CheckpointManagerOptions(**options))
 
     def save(self, state, progress: dict, test_accuracy: float | None = None) -> int:
         step = int(jax.device_get(state.step))
         metrics = None if test_accuracy is None else {"test_accuracy": float(test_accuracy)}
-        self.manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(_to_saveable(state)),
-            progress=ocp.args.JsonSave(progress)), metrics=metrics, force=True)
+        with _quiet_absl():  # Orbax warns about every checkpoint saved without a test accuracy
+            self.manager.save(step, args=ocp.args.Composite(
+                state=ocp.args.StandardSave(_to_saveable(state)),
+                progress=ocp.args.JsonSave(progress)), metrics=metrics, force=True)
         self.manager.wait_until_finished()
         return step
 
@@ -55,6 +63,30 @@ class Checkpoints:
 
     def steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
+
+    def best_step(self) -> int | None:
+        """The step of the checkpoint with the highest test accuracy; None when no checkpoint
+        has one (only epochs that were evaluated have it)."""
+        if not any(self.manager.metrics(step) for step in self.steps()):
+            return None
+        return self.manager.best_step()
+
+    def restore_variables(self, step: int, target: dict) -> dict:
+        """The model variables ({'params', 'batch_stats'}) of checkpoint ``step``, as numpy arrays.
+
+        ``target`` gives their structure, shapes and dtypes (e.g. from ``jax.eval_shape`` of
+        ``model.init``); the optimizer state is not read. Nothing is written or moved.
+        """
+        as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)
+        args = ocp.args.PyTreeRestore(item=target, restore_args=as_numpy, partial_restore=True)
+        try:
+            with _quiet_absl():
+                restored = self.manager.restore(step, args=ocp.args.Composite(state=args))
+        except Exception as e:  # noqa: BLE001 - any failure to read is the same for the user
+            reason = " ".join(f"{type(e).__name__}: {e}".split())[:300]
+            raise UserError(
+                f"Cannot read the checkpoint {self.directory}/{step} ({reason}).") from None
+        return dict(restored["state"])
 
     def restore_latest(self, state):
         """(state, progress) of the newest checkpoint that reads back, or None if there is none.
@@ -96,15 +128,11 @@ class Checkpoints:
 
     def _check_shapes(self, step: int, target) -> None:
         """UserError if checkpoint ``step`` holds arrays of other names or shapes than ``target``."""
-        absl = logging.getLogger("absl")
-        level = absl.level
-        absl.setLevel(logging.ERROR)  # Orbax warns about every item it is not asked to restore
         try:
-            metadata = self.manager.item_metadata(step)["state"]
+            with _quiet_absl():  # Orbax warns about every item it is not asked to restore
+                metadata = self.manager.item_metadata(step)["state"]
         except Exception:  # noqa: BLE001 - unreadable metadata: let restore report it
             return
-        finally:
-            absl.setLevel(level)
         if metadata is None:
             return
         saved = {_path_name(k): tuple(np.shape(v))
@@ -129,6 +157,18 @@ class Checkpoints:
             f"The checkpoint {self.directory}/{step} holds another model or input shape than "
             f"this config: {'; '.join(details)}. Use another --workdir, or --restart to move "
             "the old run aside.")
+
+
+@contextlib.contextmanager
+def _quiet_absl():
+    """Hides Orbax's (absl's) warnings, keeping its errors."""
+    absl = logging.getLogger("absl")
+    level = absl.level
+    absl.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        absl.setLevel(level)
 
 
 def _path_name(path) -> str:

@@ -1,4 +1,9 @@
-"""The one exception type for mistakes in what the user gave us."""
+"""The one exception type for mistakes in what the user gave us, and how the CLIs report it."""
+
+import sys
+import textwrap
+
+EXIT_USER_ERROR = 2  # the exit status of every command-line tool for a UserError
 
 
 class UserError(Exception):
@@ -27,3 +32,9 @@ class RunStopped(Exception):
     def __init__(self, message: str, exit_code: int):
         super().__init__(message)
         self.exit_code = exit_code
+
+
+def print_paragraph(text: str) -> None:
+    """Prints ``text`` on stderr as one paragraph (how every CLI reports a UserError)."""
+    print(textwrap.fill(" ".join(text.split()), width=100, break_on_hyphens=False,
+                        break_long_words=False), file=sys.stderr)

@@ -9,12 +9,9 @@ import argparse
 import json
 import os
 import sys
-import textwrap
 
 from jaxcnn import hostmem
-from jaxcnn.errors import RunStopped, UserError
-
-EXIT_USER_ERROR = 2
+from jaxcnn.errors import EXIT_USER_ERROR, RunStopped, UserError, print_paragraph
 
 
 def parse_args(argv):
@@ -69,8 +66,8 @@ def init_distributed(args) -> None:
     # JAX's runtime aborts the whole process (in C++) when peers do not come in time, so a
     # watchdog says why first and exits cleanly.
     def give_up():
-        _paragraph(f"error: Could not join {where}: not every one of the processes came within "
-                   f"{args.init_timeout} s (--init-timeout). {advice}")
+        print_paragraph(f"error: Could not join {where}: not every one of the processes came "
+                        f"within {args.init_timeout} s (--init-timeout). {advice}")
         os._exit(EXIT_USER_ERROR)
 
     watchdog = threading.Timer(args.init_timeout, give_up)
@@ -126,20 +123,15 @@ def main(argv=None) -> int:
             os.rmdir(workdir)  # made by this command and still empty: leave no trace
         if args.debug:
             raise
-        _paragraph(f"error: {e}")
+        print_paragraph(f"error: {e}")
         return EXIT_USER_ERROR
     except RunStopped as e:
-        _paragraph(str(e))
+        print_paragraph(str(e))
         return e.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
     return 0
-
-
-def _paragraph(text: str) -> None:
-    print(textwrap.fill(" ".join(text.split()), width=100, break_on_hyphens=False,
-                        break_long_words=False), file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,12 @@
 """The run directory: claiming it, and writing its files without ever losing an earlier run.
 
     WORKDIR/config.json        the resolved config
+    WORKDIR/run.json           model, parameter count and data (with the normalisation), at start
     WORKDIR/metrics.jsonl      one JSON object per epoch
+    WORKDIR/events.out.tfevents.*  the same metrics for TensorBoard, one file per session
     WORKDIR/summary.json       the final summary
     WORKDIR/model_summary.txt  the per-layer table of the model
+    WORKDIR/*.png              plots (see jaxcnn.plot)
     WORKDIR/checkpoints/       Orbax checkpoints (see jaxcnn.checkpoint)
 """
 
@@ -13,7 +16,16 @@ import os
 import jax
 import numpy as np
 
-from jaxcnn.errors import UserError
+from jaxcnn import events
+from jaxcnn.errors import UserError, did_you_mean
+
+# metrics.jsonl keys written to TensorBoard, and their tags there.
+TENSORBOARD_TAGS = {
+    "train_loss": "loss/train", "test_loss": "loss/test",
+    "train_accuracy": "accuracy/train", "test_accuracy": "accuracy/test",
+    "test_top5": "accuracy/test_top5", "learning_rate": "learning_rate",
+    "images_per_sec": "images_per_sec",
+}
 
 
 def jsonable(config: dict) -> dict:
@@ -85,11 +97,58 @@ def _check_writable(workdir: str) -> None:
             "--workdir.") from None
 
 
+def read_run(workdir: str) -> tuple[dict, dict | None]:
+    """(config.json, run.json) of a run directory.
+
+    run.json ({'model', 'param_count', 'data'}) is written when a run starts; for runs made before
+    it existed, summary.json stands in once the run has finished, and otherwise it is None.
+    """
+    if not os.path.isfile(os.path.join(workdir, "config.json")):
+        what = ("does not exist" if not os.path.exists(workdir)
+                else "is not a jaxcnn run directory (it has no config.json)")
+        parent = os.path.dirname(os.path.normpath(workdir)) or "."
+        runs = [d for d in (os.listdir(parent) if os.path.isdir(parent) else [])
+                if os.path.isfile(os.path.join(parent, d, "config.json"))]  # runs beside it
+        raise UserError(f"{workdir!r} {what}. Give the --workdir of a jaxcnn run, e.g. runs/lenet."
+                        + did_you_mean(os.path.basename(os.path.normpath(workdir)), runs))
+    config = read_json(os.path.join(workdir, "config.json"))
+    for name in ("run.json", "summary.json"):
+        if os.path.isfile(os.path.join(workdir, name)):
+            info = read_json(os.path.join(workdir, name))
+            return config, {key: info[key] for key in ("model", "param_count", "data")}
+    return config, None
+
+
+def read_metrics(workdir: str) -> list[dict]:
+    """The records of metrics.jsonl (none if it is missing), up to a line cut short by a crash."""
+    records = []
+    try:
+        with open(os.path.join(workdir, "metrics.jsonl")) as f:
+            for line in f:
+                try:
+                    records.append(json.loads(line))
+                except ValueError:
+                    break
+    except FileNotFoundError:
+        pass
+    return records
+
+
+def read_json(path: str) -> dict:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        raise UserError(f"Cannot read {path} ({e}).") from None
+
+
 class RunWriter:
     """Writes the files of a run directory (on process 0 only); each file is replaced atomically."""
 
     def __init__(self, workdir: str, enabled: bool = True):
         self.workdir, self.enabled = workdir, enabled
+        self._events = None
+        self._first_step = 1  # of this session, for TensorBoard (see truncate_metrics)
 
     def path(self, name: str) -> str:
         return os.path.join(self.workdir, name)
@@ -114,9 +173,22 @@ class RunWriter:
             f.flush()
             os.fsync(f.fileno())
 
+    def append_metrics(self, record: dict) -> None:
+        """Appends an epoch's record to metrics.jsonl and its scalars to this session's
+        TensorBoard event file."""
+        self.append_jsonl("metrics.jsonl", record)
+        if not self.enabled:
+            return
+        if self._events is None:
+            self._events = events.EventFile(self.workdir, self._first_step)
+        scalars = {tag: float(record[key]) for key, tag in TENSORBOARD_TAGS.items() if key in record}
+        self._events.add_scalars(record["step"], scalars)
+
     def truncate_metrics(self, last_step: int) -> None:
         """Drops metrics.jsonl lines after ``last_step`` (written after the checkpoint a run
-        resumes from) and any line cut short by a crash."""
+        resumes from) and any line cut short by a crash; TensorBoard hides them too, from the
+        next event file on."""
+        self._first_step = last_step + 1
         if not self.enabled or not os.path.exists(self.path("metrics.jsonl")):
             return
         kept = []

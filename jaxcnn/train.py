@@ -370,7 +370,9 @@ def train_and_evaluate(config: dict, workdir: str, *, log=print) -> dict:
     resumed run is bit-identical on CPU to one never interrupted, since the data order,
     augmentation and dropout are pure functions of (seed, epoch, step). SIGTERM/SIGINT finish
     the current step, save and raise RunStopped; so does a loss that turns NaN/inf (without
-    saving: the last good checkpoint stays the newest). Returns the summary (summary.json).
+    saving: the last good checkpoint stays the newest). At the end, process 0 writes the run's
+    PNGs (jaxcnn.plot) from the final parameters; a failure there is only a warning. Returns the
+    summary (summary.json).
     """
     session_start = time.perf_counter()
     data = datasets.load(config["data"]["dataset"], config["data"]["data_dir"])
@@ -391,6 +393,12 @@ def train_and_evaluate(config: dict, workdir: str, *, log=print) -> dict:
     progress = {"epoch": 0, "step_in_epoch": 0, "epoch_metrics": None, "best_test_accuracy": None,
                 "best_epoch": None, "last_record": None, "train_seconds": 0.0,
                 "wall_seconds": 0.0}
+    info = {"model": config["model"]["name"], "param_count": trainer.param_count,
+            "data": {"dataset": data.name, "source": data.source, "warning": data.warning,
+                     "train_count": trainer.num_train, "test_count": trainer.num_test,
+                     "image_shape": list(data.train_images.shape[1:]),
+                     "num_classes": data.num_classes, "class_names": list(data.class_names),
+                     "normalization": trainer.normalize._asdict()}}
     restored = ckpts.restore_latest(trainer.state)
     if restored:
         trainer.state, progress = restored
@@ -399,6 +407,7 @@ def train_and_evaluate(config: dict, workdir: str, *, log=print) -> dict:
     else:
         writer.write_json("config.json", config)
         writer.write_text("model_summary.txt", summary_table(trainer.model, data.train_images.shape[1:]))
+    writer.write_json("run.json", info)  # what restore, plot and compare need, from the start
     writer.truncate_metrics(int(trainer.state.step))
     log(f"data: {data.name} from {data.source}: {trainer.num_train} train / {trainer.num_test} test "
         f"images {data.train_images.shape[1:]}, {data.num_classes} classes")
@@ -450,7 +459,7 @@ def train_and_evaluate(config: dict, workdir: str, *, log=print) -> dict:
                     best = progress["best_test_accuracy"]
                     if best is None or record["test_accuracy"] > best:
                         progress.update(best_test_accuracy=record["test_accuracy"], best_epoch=epoch + 1)
-                writer.append_jsonl("metrics.jsonl", record)
+                writer.append_metrics(record)
                 _log_epoch(record, epochs, bar, log)
                 progress.update(epoch=epoch + 1, step_in_epoch=0, epoch_metrics=None, last_record=record,
                                 train_seconds=progress["train_seconds"] + seconds)
@@ -481,11 +490,7 @@ def train_and_evaluate(config: dict, workdir: str, *, log=print) -> dict:
         "train_images_per_sec": epochs * spe * config["batch_size"] / max(progress["train_seconds"], 1e-9),
         "devices": trainer.num_devices,
         "backend": jax.default_backend(),
-        "data": {"dataset": data.name, "source": data.source, "warning": data.warning,
-                 "train_count": trainer.num_train, "test_count": trainer.num_test,
-                 "image_shape": list(data.train_images.shape[1:]),
-                 "num_classes": data.num_classes, "class_names": list(data.class_names),
-                 "normalization": trainer.normalize._asdict()},
+        "data": info["data"],
     }
     summary["param_checksum"] = float(sum(np.abs(np.asarray(x, np.float64)).sum()
                                           for x in jax.tree.leaves(jax.device_get(trainer.state.params))))
@@ -495,7 +500,29 @@ def train_and_evaluate(config: dict, workdir: str, *, log=print) -> dict:
         f"{summary['best_test_accuracy']:.4f} (epoch {summary['best_epoch']}), "
         f"{summary['wall_seconds']:.1f} s wall, {summary['train_images_per_sec']:,.0f} train images/s"
         + (f"; run written to {workdir}" if writer.enabled else ""))
+    if writer.enabled:
+        _write_plots(workdir, trainer, config, info, data, log)
     return summary
+
+
+def _write_plots(workdir: str, trainer: Trainer, config: dict, info: dict, data, log) -> None:
+    """The run's PNGs (jaxcnn.plot) from the final parameters; a failure is only a warning, since
+    the run itself is saved."""
+    start = time.perf_counter()
+    try:
+        from jaxcnn import plot
+        from jaxcnn.restore import Restored
+
+        model = Restored(trainer.model.apply, trainer.variables(), config, info,
+                         int(trainer.state.step))
+        written = plot.write_plots(workdir, model=model, data=data, log=log)
+    except Exception as e:  # noqa: BLE001 - plotting must never lose a finished run
+        reason = " ".join(f"{type(e).__name__}: {e}".split())[:300]
+        log(f"WARNING: could not write the plots ({reason}); the run is saved. Try again with: "
+            f"python -m jaxcnn.plot {workdir}")
+        return
+    names = ", ".join(os.path.basename(p) for p in written)
+    log(f"plots: {names} ({time.perf_counter() - start:.1f} s)")
 
 
 class _StopSignals:

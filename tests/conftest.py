@@ -32,3 +32,19 @@ def require_fashion_mnist():
         if os.environ.get("CI"):
             pytest.fail(f"{FASHION_DIR} is missing: .ci/run must install dataset-fashion-mnist")
         pytest.skip(f"{FASHION_DIR} missing (apt-get install dataset-fashion-mnist)")
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, devices):
+    """A finished 2-epoch LeNet-5 run on 512 Fashion-MNIST images (200 test images), made by the
+    launcher in this process: the run directory, its files and plots (about 10 s)."""
+    require_fashion_mnist()
+    from jaxcnn.launch import main
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    workdir = tmp_path_factory.mktemp("tiny") / "run"
+    code = main([os.path.join(root, "experiments", "lenet_fashion.py"), "--workdir", str(workdir),
+                 "--set", "epochs=2", "--set", "batch_size=64", "--set", "data.max_train_examples=512",
+                 "--set", "data.max_test_examples=200"])
+    assert code == 0
+    return workdir

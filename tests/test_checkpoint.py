@@ -177,3 +177,23 @@ def test_no_readable_checkpoint_is_an_error(tmp_path):
     with pytest.raises(UserError, match="No checkpoint in .* can be read.*--restart"):
         ckpts.restore_latest(s)
     ckpts.close()
+
+
+def test_the_best_checkpoint_is_kept_and_known_after_a_resume(tmp_path):
+    s = create_train_state(create_model("lenet5", 10), optax.adam(1e-3), (28, 28, 1), 0)
+
+    def session(saves):  # one training session: a fresh manager on the same folder
+        ckpts = checkpoint.Checkpoints(str(tmp_path / "checkpoints"), keep=2)
+        for step, accuracy in saves:
+            ckpts.save(s.replace(step=np.int32(step)), {"epoch": step}, accuracy)
+        result = ckpts.steps(), ckpts.best_step()
+        ckpts.close()
+        return result
+
+    assert session([(1, 0.5), (2, 0.9), (3, 0.6)]) == ([2, 3], 2)
+    assert session([(4, 0.1), (5, None), (6, 0.2)]) == ([2, 5, 6], 2)  # 2 stays the best
+    reader = checkpoint.Checkpoints(str(tmp_path / "checkpoints"), keep=2, read_only=True)
+    variables = reader.restore_variables(2, {"params": jax.eval_shape(lambda: s.params)})
+    reader.close()
+    jax.tree.map(np.testing.assert_array_equal, variables["params"], jax.device_get(s.params))
+    assert reader.steps() == [2, 5, 6]  # reading changed nothing
