@@ -9,6 +9,8 @@ os.environ["XLA_FLAGS"] = (
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Tests never write into the user's data cache.
 os.environ["JAXCNN_DATA_DIR"] = tempfile.mkdtemp(prefix="jaxcnn-test-cache-")
+# Launcher runs started by the tests share one compilation cache of their own.
+os.environ["JAXCNN_COMPILATION_CACHE"] = tempfile.mkdtemp(prefix="jaxcnn-test-compilation-")
 
 from jaxcnn import hostmem  # noqa: E402
 

@@ -244,3 +244,30 @@ def test_truncated_dataset_file_is_refused(tmp_path, capsys):
     code, _, err = run_main(capsys, os.path.join(EXPERIMENTS, "lenet.py"), "--set",
                             f"data.data_dir='{data_dir}'", "--workdir", tmp_path / "run")
     assert code == 2 and "train-images-idx3-ubyte.gz" in err, err
+
+
+def test_a_repeated_run_takes_its_compiled_steps_from_the_compilation_cache(tmp_path):
+    """The launcher keeps compiled executables in $JAXCNN_COMPILATION_CACHE (default
+    $XDG_CACHE_HOME/jaxcnn/compilation): a second run of the same config compiles nothing new;
+    JAXCNN_COMPILATION_CACHE=0 writes no cache."""
+    cache, xdg = tmp_path / "compilation", tmp_path / "xdg"
+    path = write(tmp_path, "config = {'epochs': 1, 'batch_size': 64, 'data': {'dataset': 'mnist',"
+                           " 'max_train_examples': 256, 'max_test_examples': 100}}\n")
+    env = {**os.environ, "PYTHONPATH": ROOT, "XLA_FLAGS": "", "XDG_CACHE_HOME": str(xdg),
+           "TFDS_DATA_DIR": str(tmp_path / "tfds")}
+    env.pop("JAXCNN_COMPILATION_CACHE", None)
+
+    def run(workdir, **extra):
+        cmd = [sys.executable, "-m", "jaxcnn.launch", path, "--workdir", str(tmp_path / workdir)]
+        out = subprocess.run(cmd, capture_output=True, text=True, env={**env, **extra}, timeout=300)
+        assert out.returncode == 0, out.stderr[-2000:]
+
+    run("a", JAXCNN_COMPILATION_CACHE=str(cache))
+    first = sorted(os.listdir(cache))
+    assert any("device_train" in name for name in first), first
+    run("b", JAXCNN_COMPILATION_CACHE=str(cache))
+    assert sorted(os.listdir(cache)) == first  # every executable came from the cache
+    run("c", JAXCNN_COMPILATION_CACHE="0")
+    assert not (xdg / "jaxcnn" / "compilation").exists()
+    run("d")
+    assert any("device_train" in name for name in os.listdir(xdg / "jaxcnn" / "compilation"))
