@@ -36,9 +36,11 @@ def run_main(capsys, *argv):
 # -- experiment files and --set ---------------------------------------------------------------
 
 def test_shipped_experiments_resolve():
-    for name in ("lenet", "lenet_fashion", "cnn", "cnn_bn"):
-        config = config_lib.resolve(config_lib.load_experiment(os.path.join(EXPERIMENTS, name + ".py")))
-        assert config["epochs"] >= 1
+    names = sorted(f for f in os.listdir(EXPERIMENTS) if f.endswith(".py"))
+    assert {"lenet.py", "cnn_bn.py", "speedrun_lenet.py", "alexnet_original_cifar10.py"} <= set(names)
+    for name in names:
+        config = config_lib.resolve(config_lib.load_experiment(os.path.join(EXPERIMENTS, name)))
+        assert config["epochs"] >= 1 and config["model"]["name"] in MODELS, name
     cnn_bn = config_lib.load_experiment(os.path.join(EXPERIMENTS, "cnn_bn.py"))
     assert cnn_bn["model"] == {"name": "cnn", "cdims": [32, 64], "hdims": [32], "ksize": 3,
                                "batch_norm": True, "dropout": 0.1}
