@@ -11,7 +11,7 @@ import os
 import sys
 
 from jaxcnn import rundir
-from jaxcnn.errors import EXIT_USER_ERROR, UserError, print_paragraph
+from jaxcnn.errors import UserError, report
 
 COLUMNS = ("experiment", "model", "params", "best test acc", "epochs", "wall time", "images/s",
            "run")
@@ -95,10 +95,7 @@ def main(argv=None) -> int:
                 raise UserError(f"Cannot write --plot {args.plot!r} ({e}).") from None
             print(f"wrote {args.plot}")
     except UserError as e:
-        if args.debug:
-            raise
-        print_paragraph(f"error: {e}")
-        return EXIT_USER_ERROR
+        return report(e, args.debug)
     return 0
 
 

@@ -38,3 +38,12 @@ def print_paragraph(text: str) -> None:
     """Prints ``text`` on stderr as one paragraph (how every CLI reports a UserError)."""
     print(textwrap.fill(" ".join(text.split()), width=100, break_on_hyphens=False,
                         break_long_words=False), file=sys.stderr)
+
+
+def report(error: UserError, debug: bool) -> int:
+    """How every CLI ends on a UserError: one paragraph on stderr, and the exit status 2 returned
+    (with ``debug`` the error is raised again, for its traceback)."""
+    if debug:
+        raise error
+    print_paragraph(f"error: {error}")
+    return EXIT_USER_ERROR

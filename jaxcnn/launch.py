@@ -11,7 +11,7 @@ import os
 import sys
 
 from jaxcnn import hostmem
-from jaxcnn.errors import EXIT_USER_ERROR, RunStopped, UserError, print_paragraph
+from jaxcnn.errors import EXIT_USER_ERROR, RunStopped, UserError, print_paragraph, report
 
 
 def parse_args(argv):
@@ -142,10 +142,7 @@ def main(argv=None) -> int:
     except UserError as e:
         if created and os.path.isdir(workdir) and not os.listdir(workdir):
             os.rmdir(workdir)  # made by this command and still empty: leave no trace
-        if args.debug:
-            raise
-        print_paragraph(f"error: {e}")
-        return EXIT_USER_ERROR
+        return report(e, args.debug)
     except RunStopped as e:
         print_paragraph(str(e))
         return e.exit_code

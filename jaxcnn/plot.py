@@ -34,7 +34,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from jaxcnn import datasets, optim, rundir
-from jaxcnn.errors import EXIT_USER_ERROR, UserError, print_paragraph
+from jaxcnn.errors import UserError, report
 
 DPI = 100
 MAX_MAPS = 16  # feature maps shown per stage
@@ -341,10 +341,7 @@ def main(argv=None) -> int:
             for path in write_plots(run_dir, which=args.checkpoint):
                 print(f"wrote {path}")
     except UserError as e:
-        if args.debug:
-            raise
-        print_paragraph(f"error: {e}")
-        return EXIT_USER_ERROR
+        return report(e, args.debug)
     return 0
 
 

@@ -14,7 +14,7 @@ import sys
 
 import numpy as np
 
-from jaxcnn.errors import EXIT_USER_ERROR, UserError, print_paragraph
+from jaxcnn.errors import UserError, report
 
 
 def load_image(path: str, image_shape) -> np.ndarray:
@@ -69,10 +69,7 @@ def main(argv=None) -> int:
         images = np.stack([load_image(path, run.image_shape) for path in args.images])
         logits = run.logits(images)
     except UserError as e:
-        if args.debug:
-            raise
-        print_paragraph(f"error: {e}")
-        return EXIT_USER_ERROR
+        return report(e, args.debug)
     print(f"{args.run_dir}: {run.config['model']['name']} on {run.info['data']['dataset']}, "
           f"{args.checkpoint} checkpoint (step {run.step})")
     width = max(len(name) for name in run.class_names)
