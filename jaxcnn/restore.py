@@ -13,7 +13,8 @@ the model variables are read from the checkpoint (not the optimizer state), and 
 run directory is changed, so a run still in progress can be restored.
 """
 
-from typing import Callable, NamedTuple
+import dataclasses
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -24,14 +25,19 @@ from jaxcnn.errors import UserError
 from jaxcnn.input_pipeline import Normalization
 
 
-class Restored(NamedTuple):
-    """A model and its variables, as ``restore`` returns them."""
+@dataclasses.dataclass(frozen=True)
+class Restored:
+    """A model and its variables, as ``restore`` returns them. It unpacks as the three things
+    most code needs: ``apply_fn, variables, config = jaxcnn.restore(run_dir)``."""
 
     apply_fn: Callable  # apply_fn(variables, images_float_nhwc, train=False) -> logits [N, K]
     variables: dict     # {'params': ..., 'batch_stats': ... (if the model has BatchNorm)}
     config: dict        # the run's config.json
     info: dict          # run.json: model, param_count, data (shape, class names, normalisation)
     step: int           # the checkpoint's training step
+
+    def __iter__(self):
+        return iter((self.apply_fn, self.variables, self.config))
 
     @property
     def class_names(self) -> tuple[str, ...]:

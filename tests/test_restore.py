@@ -50,6 +50,10 @@ def test_restored_model_reproduces_the_training_time_evaluation(tiny_run, test_s
     assert int(metrics["correct"]) == correct
     np.testing.assert_allclose(run.apply_fn(run.variables, batch["image"]), logits, rtol=1e-5, atol=1e-5)
 
+    # It unpacks as (apply_fn, variables, config), as the users write it.
+    apply_fn, variables, config = run
+    assert apply_fn is run.apply_fn and variables is run.variables and config == run.config
+
 
 def test_predict_reads_images_as_training_does_and_prints_the_top_5(tiny_run, test_set, tmp_path, capsys):
     images, _ = test_set
