@@ -101,7 +101,7 @@ def run_jaxcnn(model: str, batch_size: int, warmup: int, images: int) -> dict:
         out = batch_only(trainer.train_images, trainer.train_labels, perm, step)
     jax.block_until_ready(out)
     pipeline_seconds = (time.perf_counter() - t) / steps
-    return {"images_per_s": steps * batch_size / (step_seconds * steps),
+    return {"images_per_s": batch_size / step_seconds,
             "compile_s": trainer.compile_seconds, "setup_s": setup,
             "pipeline_share": pipeline_seconds / step_seconds, "params": trainer.param_count}
 
@@ -122,10 +122,11 @@ def torch_model(model: str, in_channels: int):
             nn.Dropout2d(0.1),
             nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(2),
             nn.Dropout2d(0.1), nn.Flatten(), nn.Linear(3136, 32), nn.ReLU(), nn.Linear(32, 10))
-    return TorchResNet20()
+    return _torch_resnet20()
 
 
-def _torch_resnet20_class():
+def _torch_resnet20():
+    """ResNet-20 with option-A shortcuts, as jaxcnn's ``resnet20``."""
     import torch
     import torch.nn as nn
     import torch.nn.functional as F
@@ -163,11 +164,7 @@ def _torch_resnet20_class():
             x = self.blocks(F.relu(self.bn(self.conv(x))))
             return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
-    return ResNet20
-
-
-def TorchResNet20():
-    return _torch_resnet20_class()()
+    return ResNet20()
 
 
 def run_torch(model: str, batch_size: int, warmup: int, images: int) -> dict:
