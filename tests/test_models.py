@@ -112,6 +112,41 @@ def test_max_pool_equals_flax_max_pool():
     np.testing.assert_array_equal(max_pool(x, 2), nn.max_pool(x, (2, 2), (2, 2)))
 
 
+def _first_max_gradient(x, size, g):
+    """numpy: each window's gradient goes to its first maximum (row-major), as in PyTorch."""
+    dx = np.zeros_like(x)
+    n, h, w, c = x.shape
+    for b, i, j, ch in np.ndindex(n, h // size, w // size, c):
+        window = x[b, i * size:(i + 1) * size, j * size:(j + 1) * size, ch]
+        r, q = divmod(int(np.argmax(window)), size)  # argmax: the first occurrence
+        dx[b, i * size + r, j * size + q, ch] = g[b, i, j, ch]
+    return dx
+
+
+@pytest.mark.parametrize("size,shape", [(2, (2, 11, 10, 3)), (3, (2, 9, 8, 2)), (2, (1, 28, 28, 6))])
+def test_max_pool_gradient_goes_to_the_first_maximum(size, shape):
+    rng = np.random.default_rng(size)
+    ties = rng.integers(0, 3, shape).astype(np.float32)  # most windows have tied maxima
+    unique = rng.normal(size=shape).astype(np.float32)
+    g = rng.normal(size=(shape[0], shape[1] // size, shape[2] // size, shape[3])).astype(np.float32)
+    for x in (ties, unique):
+        y, vjp = jax.vjp(lambda x: max_pool(x, size), jnp.asarray(x))
+        flax_y, flax_vjp = jax.vjp(lambda x: nn.max_pool(x, (size, size), (size, size)), jnp.asarray(x))
+        np.testing.assert_array_equal(y, flax_y)
+        np.testing.assert_array_equal(vjp(jnp.asarray(g))[0], _first_max_gradient(x, size, g))
+        np.testing.assert_array_equal(vjp(jnp.asarray(g))[0], flax_vjp(jnp.asarray(g))[0])
+
+
+def test_max_pool_gradient_equals_pytorch_with_ties():
+    torch = pytest.importorskip("torch")
+    x = np.random.default_rng(0).integers(0, 3, (2, 12, 10, 4)).astype(np.float32)
+    g = np.random.default_rng(1).normal(size=(2, 6, 5, 4)).astype(np.float32)
+    _, vjp = jax.vjp(lambda x: max_pool(x, 2), jnp.asarray(x))
+    xt = torch.tensor(x.transpose(0, 3, 1, 2), requires_grad=True)
+    torch.nn.functional.max_pool2d(xt, 2).backward(torch.tensor(g.transpose(0, 3, 1, 2)))
+    np.testing.assert_array_equal(vjp(jnp.asarray(g))[0], xt.grad.numpy().transpose(0, 2, 3, 1))
+
+
 def test_unknown_model_and_unknown_argument_are_user_errors():
     with pytest.raises(UserError, match="Valid models: .*lenet5") as e:
         create_model("lenet", 10)

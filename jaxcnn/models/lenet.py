@@ -13,7 +13,7 @@ tanh and trainable subsampling, and every C3 map connected to every S2 map.
 ``conv1_padding=0``: the shapes after the first convolution are then the same.
 """
 
-from typing import Any
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -26,6 +26,7 @@ class LeNet5(nn.Module):
 
     num_classes: int = 10
     conv1_padding: int = 2
+    conv: Callable[..., nn.Module] = nn.Conv
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -33,9 +34,9 @@ class LeNet5(nn.Module):
         del train  # no dropout or normalisation: train and eval behave the same
         x = x.astype(self.dtype)
         p = self.conv1_padding
-        x = nn.Conv(6, (5, 5), padding=((p, p), (p, p)), dtype=self.dtype, name="conv1")(x)
+        x = self.conv(6, (5, 5), padding=((p, p), (p, p)), dtype=self.dtype, name="conv1")(x)
         x = max_pool(nn.relu(x), 2)
-        x = nn.Conv(16, (5, 5), padding="VALID", dtype=self.dtype, name="conv2")(x)
+        x = self.conv(16, (5, 5), padding="VALID", dtype=self.dtype, name="conv2")(x)
         x = max_pool(nn.relu(x), 2)
         x = x.reshape((x.shape[0], -1))
         x = nn.relu(nn.Dense(120, dtype=self.dtype, name="fc1")(x))
