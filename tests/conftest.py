@@ -1,16 +1,20 @@
 """Test set-up: 8 fake CPU devices, so data parallelism is tested on any machine."""
 
+import atexit
 import os
+import shutil
 import tempfile
 
 # Must happen before JAX initialises its backends.
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-# Tests never write into the user's data cache.
-os.environ["JAXCNN_DATA_DIR"] = tempfile.mkdtemp(prefix="jaxcnn-test-cache-")
-# Launcher runs started by the tests share one compilation cache of their own.
-os.environ["JAXCNN_COMPILATION_CACHE"] = tempfile.mkdtemp(prefix="jaxcnn-test-compilation-")
+# Tests never write into the user's data cache; launcher runs started by the tests share one
+# compilation cache of their own. Both are removed when the test session ends.
+for variable, prefix in (("JAXCNN_DATA_DIR", "jaxcnn-test-cache-"),
+                         ("JAXCNN_COMPILATION_CACHE", "jaxcnn-test-compilation-")):
+    os.environ[variable] = tempfile.mkdtemp(prefix=prefix)
+    atexit.register(shutil.rmtree, os.environ[variable], ignore_errors=True)
 
 from jaxcnn import hostmem  # noqa: E402
 

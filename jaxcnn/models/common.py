@@ -102,7 +102,8 @@ class GroupedConv(nn.Module):
 class MaxPool(nn.Module):
     """Max-pooling over ``window`` x ``window`` windows (NHWC); padding counts as -inf.
 
-    With stride == window and no padding it runs as a reshape and a max (``layers.max_pool``).
+    With stride == window and no padding it runs as ``layers.max_pool`` (faster on XLA:CPU, same
+    values and gradients).
     """
 
     window: int
