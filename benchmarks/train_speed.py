@@ -78,15 +78,15 @@ def run_jaxcnn(model: str, batch_size: int, warmup: int, images: int) -> dict:
     t = time.perf_counter()
     trainer = train.Trainer(config, data, train.make_mesh())
     setup = time.perf_counter() - t
-    perm, metrics = trainer.permutation(0), trainer.zero_train_metrics()
     steps = min(images // batch_size, trainer.steps_per_epoch - warmup)
-    for step in range(warmup):
-        metrics = trainer.train_call(0, perm, metrics, step)
-    jax.block_until_ready(metrics)
+    run = trainer.run_train_steps(0)  # the launcher's own loop, queue depth included
+    for _ in range(warmup):
+        _, sums = next(run)
+    jax.block_until_ready(sums)
     t = time.perf_counter()
-    for step in range(warmup, warmup + steps):
-        metrics = trainer.train_call(0, perm, metrics, step)
-    jax.block_until_ready(metrics)
+    for _ in range(steps):
+        _, sums = next(run)
+    jax.block_until_ready(sums)
     step_seconds = (time.perf_counter() - t) / steps
 
     # The input pipeline alone: the same gather + normalisation the step does, jitted.
@@ -95,10 +95,11 @@ def run_jaxcnn(model: str, batch_size: int, warmup: int, images: int) -> dict:
         idx = jax.lax.dynamic_slice(perm_, (step * batch_size,), (batch_size,))
         return input_pipeline.make_batch(images_, labels_, idx, idx, normalize=trainer.normalize)
 
-    jax.block_until_ready(batch_only(trainer.train_images, trainer.train_labels, perm, 0))
+    feed, perm = trainer.feed, trainer.feed.permutation(0)
+    jax.block_until_ready(batch_only(feed.train_images, feed.train_labels, perm, 0))
     t = time.perf_counter()
     for step in range(steps):
-        out = batch_only(trainer.train_images, trainer.train_labels, perm, step)
+        out = batch_only(feed.train_images, feed.train_labels, perm, step)
     jax.block_until_ready(out)
     pipeline_seconds = (time.perf_counter() - t) / steps
     return {"images_per_s": batch_size / step_seconds,

@@ -8,6 +8,7 @@ under a step's name. The last ``keep`` checkpoints are kept, plus the best by te
 """
 
 import contextlib
+import dataclasses
 import logging
 import os
 
@@ -18,6 +19,28 @@ from orbax.checkpoint import checkpoint_managers as policies
 
 from jaxcnn.errors import UserError
 
+
+@dataclasses.dataclass
+class Progress:
+    """Where a run is, saved with every checkpoint as JSON."""
+
+    epoch: int = 0  # epochs finished
+    step_in_epoch: int = 0  # steps done of the next epoch (a checkpoint inside an epoch)
+    epoch_metrics: dict | None = None  # that partial epoch's metric sums
+    best_test_accuracy: float | None = None
+    best_epoch: int | None = None
+    last_record: dict | None = None  # the last epoch's metrics.jsonl record
+    train_seconds: float = 0.0
+    wall_seconds: float = 0.0  # of the sessions before this one
+    # The input stream's state. Every example is a pure function of (seed, epoch, position), so
+    # the position above is the whole iterator state; these say what it indexes, so a resume on
+    # a changed dataset is noticed: {'pipeline', 'num_train', 'global_batch'}.
+    data: dict | None = None
+
+    @classmethod
+    def from_json(cls, saved: dict) -> "Progress":
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in saved.items() if k in known})
 
 
 def _to_saveable(state):
@@ -47,13 +70,13 @@ class Checkpoints:
             self.manager = ocp.CheckpointManager(
                 self.directory, options=ocp.CheckpointManagerOptions(**options))
 
-    def save(self, state, progress: dict, test_accuracy: float | None = None) -> int:
+    def save(self, state, progress: Progress, test_accuracy: float | None = None) -> int:
         step = int(jax.device_get(state.step))
         metrics = None if test_accuracy is None else {"test_accuracy": float(test_accuracy)}
         with _quiet_absl():  # Orbax warns about every checkpoint saved without a test accuracy
             self.manager.save(step, args=ocp.args.Composite(
                 state=ocp.args.StandardSave(_to_saveable(state)),
-                progress=ocp.args.JsonSave(progress)), metrics=metrics, force=True)
+                progress=ocp.args.JsonSave(dataclasses.asdict(progress))), metrics=metrics, force=True)
         self.manager.wait_until_finished()
         return step
 
@@ -120,7 +143,7 @@ class Checkpoints:
             state = state.replace(step=saved["step"], params=saved["params"],
                                   batch_stats=saved["batch_stats"], opt_state=saved["opt_state"],
                                   rng=jax.random.wrap_key_data(saved["rng"]))
-            return state, dict(restored["progress"])
+            return state, Progress.from_json(dict(restored["progress"]))
         raise UserError(
             f"No checkpoint in {self.directory} can be read: {'; '.join(problems)}. Run again "
             "with --restart to move this run aside and start afresh, or restore the folder "

@@ -26,8 +26,14 @@ DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "model": {"name": "lenet5"},  # further keys: the model's constructor arguments
     "data": {
-        "dataset": "mnist",  # mnist, fashion_mnist, cifar10, cifar100, or any TFDS name
-        "data_dir": None,  # a folder with the raw files (IDX / CIFAR pickles)
+        "dataset": "mnist",  # mnist, fashion_mnist, cifar10, cifar100, imagefolder, or a TFDS name
+        "data_dir": None,  # a folder with the raw files (IDX / CIFAR pickles), or the image folder
+        "pipeline": "auto",  # 'memory': all on the devices; 'stream': read by grain while
+        # training; 'auto': memory when the dataset fits memory_budget_gb, else stream
+        "image_size": None,  # resize to image_size x image_size (shorter side, centre crop)
+        "random_resized_crop": False,  # ImageNet training recipe (stream; needs image_size)
+        "num_workers": None,  # stream: decoding worker processes (None: one per spare core)
+        "memory_budget_gb": None,  # auto: largest dataset kept in memory (None: 1/4 of RAM)
         "max_train_examples": None,  # use only the first N training examples
         "max_test_examples": None,  # evaluate on only the first N test examples
         "crop_padding": 0,  # augmentation: pad by P pixels and crop randomly back (0 = off)
@@ -67,6 +73,7 @@ DEFAULTS: dict[str, Any] = {
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop")
 SCHEDULES = ("constant", "cosine", "warmup_cosine", "step", "onecycle")
 EPOCH_LOOPS = ("auto", "step", "scan")
+PIPELINES = ("auto", "memory", "stream")
 
 # Settings whose default is None (or an empty list) and so does not show their type.
 _TYPES = {
@@ -74,6 +81,9 @@ _TYPES = {
     "data.data_dir": (str, type(None)),
     "data.max_train_examples": (int, type(None)),
     "data.max_test_examples": (int, type(None)),
+    "data.image_size": (int, type(None)),
+    "data.num_workers": (int, type(None)),
+    "data.memory_budget_gb": (float, int, type(None)),
     "optimizer.grad_clip_norm": (float, int, type(None)),
     "checkpoint.every_steps": (int, type(None)),
     "schedule.boundaries": (list, tuple),
@@ -119,6 +129,7 @@ def validate(config: dict) -> None:
     _choice(config["optimizer"]["name"], OPTIMIZERS, "optimizer.name")
     _choice(config["schedule"]["name"], SCHEDULES, "schedule.name")
     _choice(config["epoch_loop"], EPOCH_LOOPS, "epoch_loop")
+    _choice(config["data"]["pipeline"], PIPELINES, "data.pipeline")
     if not isinstance(config["model"].get("name"), str):
         raise UserError("model.name must be a string naming a model, e.g. 'lenet5' or 'cnn'.")
     positive = {
@@ -132,7 +143,7 @@ def validate(config: dict) -> None:
     }
     if config["checkpoint"]["every_steps"] is not None:
         positive["checkpoint.every_steps"] = config["checkpoint"]["every_steps"]
-    for key in ("max_train_examples", "max_test_examples"):
+    for key in ("max_train_examples", "max_test_examples", "image_size", "memory_budget_gb"):
         if config["data"][key] is not None:
             positive["data." + key] = config["data"][key]
     if config["optimizer"]["grad_clip_norm"] is not None:
@@ -152,6 +163,7 @@ def validate(config: dict) -> None:
     for key, value in (("optimizer.weight_decay", config["optimizer"]["weight_decay"]),
                        ("aux_loss_weight", config["aux_loss_weight"]),
                        ("data.crop_padding", config["data"]["crop_padding"]),
+                       ("data.num_workers", config["data"]["num_workers"] or 0),
                        ("schedule.warmup_epochs", config["schedule"]["warmup_epochs"]),
                        ("schedule.final_factor", config["schedule"]["final_factor"]),
                        ("schedule.decay_factor", config["schedule"]["decay_factor"])):
@@ -161,6 +173,10 @@ def validate(config: dict) -> None:
         raise UserError(
             f"schedule.warmup_epochs ({config['schedule']['warmup_epochs']}) must be shorter "
             f"than the run (epochs = {config['epochs']}).")
+    if config["data"]["random_resized_crop"] and not config["data"]["image_size"]:
+        raise UserError(
+            "data.random_resized_crop needs data.image_size, the size of the crops, e.g. --set "
+            "data.image_size=224.")
     for b in config["schedule"]["boundaries"]:
         if isinstance(b, bool) or not isinstance(b, (int, float)) or b <= 0:
             raise UserError(f"schedule.boundaries must be epochs above 0, got {b!r}.")

@@ -10,13 +10,10 @@ replicated parameters over the axis by itself (pmap never does), and the explici
 below would then see gradients 8 times too large on 8 devices.
 """
 
+import collections
 import dataclasses
-import functools
 import math
 import os
-import signal
-import sys
-import threading
 import time
 from typing import Any
 
@@ -28,11 +25,16 @@ import optax
 from flax.training import train_state
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from jaxcnn import checkpoint, datasets, input_pipeline, models, optim, rundir
-from jaxcnn.summary import summary_table
+from jaxcnn import checkpoint, console, datasets, feed, input_pipeline, models, optim, rundir, stream
+from jaxcnn.checkpoint import Progress
 from jaxcnn.errors import RunStopped, UserError
+from jaxcnn.signals import StopSignals
+from jaxcnn.summary import summary_table
 
 AXIS = "data"
+# Calls the host may queue before it waits for the oldest one's metrics. Unbounded queues of
+# asynchronous steps made XLA:CPU's all-reduce time out with several devices on a 2-core host.
+MAX_CALLS_IN_FLIGHT = 2
 
 
 class TrainState(train_state.TrainState):
@@ -120,229 +122,248 @@ def eval_step(state: TrainState, batch, axis_name: str | None = None):
     return metrics
 
 
+# -- what each device runs (under shard_map, axis AXIS) ------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class StepSettings:
+    """The static settings of the per-device functions (hashable: they are compiled in)."""
+
+    seed: int
+    batch_size: int  # global
+    eval_batch_size: int  # global, a multiple of the device count
+    num_devices: int
+    steps_per_epoch: int
+    eval_steps: int
+    epochs: int
+    num_test: int
+    image_shape: tuple[int, int, int]
+    normalize: input_pipeline.Normalization
+    label_smoothing: float = 0.0
+    aux_loss_weight: float = 0.3
+    crop_padding: int = 0  # on-device augmentation of the memory feed
+    flip: bool = False
+
+
+def guarded_train_step(state: TrainState, sums: dict, batch, settings: StepSettings):
+    """``train_step`` on this device's rows, its metrics added to ``sums``, and a NaN guard: once
+    a step's loss is not finite, it and every later step leave the state as it was (the last
+    good one), and ``sums['first_bad_step']`` records the global step."""
+    new_state, step_metrics = train_step(state, batch, AXIS, settings.label_smoothing,
+                                         settings.aux_loss_weight)
+    healthy = sums["first_bad_step"] < 0
+    finite = jnp.isfinite(step_metrics["loss"])
+    keep = healthy & finite
+    state = new_state.replace(**{
+        field: jax.tree.map(lambda new, old: jnp.where(keep, new, old),
+                            getattr(new_state, field), getattr(state, field))
+        for field in ("step", "params", "opt_state", "batch_stats")})
+    sums = {
+        "loss": sums["loss"] + jnp.where(keep, step_metrics["loss"], 0.0),
+        "correct": sums["correct"] + jnp.where(keep, step_metrics["correct"], 0),
+        "count": sums["count"] + jnp.where(keep, step_metrics["count"], 0),
+        "first_bad_step": jnp.where(healthy & ~finite, state.step + 1, sums["first_bad_step"]),
+    }
+    return state, sums
+
+
+def _device_rows(batch_size: int, num_devices: int):
+    """(rows per device, this device's first row) of a global batch."""
+    local = batch_size // num_devices
+    return local, jax.lax.axis_index(AXIS) * local
+
+
+def train_steps_from_memory(state, sums, images, labels, perm, epoch, first_step, *,
+                            settings: StepSettings, num_steps: int):
+    """``num_steps`` steps from ``first_step`` of ``epoch`` with the dataset on the device:
+    images uint8 [N, H, W, C], labels int32 [N], perm int32 [N] (the epoch's order). Each device
+    gathers, normalises and augments its own rows; augmentation is keyed by global position."""
+    local, first_row = _device_rows(settings.batch_size, settings.num_devices)
+    positions = first_row + jnp.arange(local, dtype=jnp.int32)
+    epoch_key = jax.random.fold_in(jax.random.key(settings.seed), epoch)
+
+    def one_step(carry, step):
+        state, sums = carry
+        indices = jax.lax.dynamic_slice(perm, (step * settings.batch_size + first_row,), (local,))
+        batch = input_pipeline.make_batch(
+            images, labels, indices, positions, normalize=settings.normalize,
+            augment_key=jax.random.fold_in(epoch_key, step),
+            crop_padding=settings.crop_padding, flip=settings.flip)
+        return guarded_train_step(state, sums, batch, settings), None
+
+    steps = first_step + jnp.arange(num_steps, dtype=jnp.int32)
+    if num_steps == 1:
+        return one_step((state, sums), steps[0])[0]
+    return jax.lax.scan(one_step, (state, sums), steps)[0]
+
+
+def train_step_from_stream(state, sums, batch, *, settings: StepSettings):
+    """One step on this device's rows of a streamed batch {'image': uint8, 'label': int32}
+    (decoded and augmented on the host)."""
+    batch = {"image": settings.normalize(batch["image"]), "label": batch["label"]}
+    return guarded_train_step(state, sums, batch, settings)
+
+
+def eval_steps_from_memory(state, sums, images, labels, first_step, *, settings: StepSettings,
+                           num_steps: int):
+    """Adds the test metrics of ``num_steps`` evaluation batches to ``sums``; rows past the last
+    test example are masked out, so every example counts exactly once."""
+    local, first_row = _device_rows(settings.eval_batch_size, settings.num_devices)
+
+    def one_step(sums, step):
+        rows = step * settings.eval_batch_size + first_row + jnp.arange(local, dtype=jnp.int32)
+        mask = rows < settings.num_test
+        batch = input_pipeline.make_batch(images, labels, jnp.where(mask, rows, 0), rows,
+                                          normalize=settings.normalize)
+        batch["mask"] = mask
+        return _add(sums, eval_step(state, batch, AXIS)), None
+
+    steps = first_step + jnp.arange(num_steps, dtype=jnp.int32)
+    if num_steps == 1:
+        return one_step(sums, steps[0])[0]
+    return jax.lax.scan(one_step, sums, steps)[0]
+
+
+def eval_step_from_stream(state, sums, batch, *, settings: StepSettings):
+    """Adds the test metrics of this device's rows of a streamed batch (with its 'mask')."""
+    batch = {"image": settings.normalize(batch["image"]), "label": batch["label"],
+             "mask": batch["mask"]}
+    return _add(sums, eval_step(state, batch, AXIS))
+
+
 def _add(a, b):
     return jax.tree.map(jnp.add, a, b)
 
 
-def _zeros(metrics_shape):
-    return jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), metrics_shape)
-
+# -- the Trainer -------------------------------------------------------------------------------
 
 class Trainer:
-    """Compiles and runs the train and eval loops of one config over a ``('data',)`` mesh.
+    """Compiles one config's model and steps over a ``('data',)`` mesh, and runs them.
 
-    The dataset lives on every device (replicated uint8); each device gathers, normalises and
-    augments its own part of every global batch, then runs ``train_step`` under shard_map.
+    ``data`` is an in-memory ``Dataset`` (the memory feed: the data on every device) or a
+    ``StreamingDataset`` (the streaming feed: grain reads it on the host); see jaxcnn.feed.
     """
 
-    def __init__(self, config: dict, data: datasets.Dataset, mesh: Mesh):
+    def __init__(self, config: dict, data: datasets.Dataset | datasets.StreamingDataset,
+                 mesh: Mesh):
         self.config, self.data, self.mesh = config, data, mesh
         self.num_devices = mesh.size
-        bs, ebs = config["batch_size"], config["eval_batch_size"]
-        if bs % self.num_devices:
+        batch_size = config["batch_size"]
+        if batch_size % self.num_devices:
             raise UserError(
-                f"batch_size {bs} does not divide over the {self.num_devices} devices. Use a "
-                f"multiple of {self.num_devices}, e.g. --set batch_size="
-                f"{max(1, round(bs / self.num_devices)) * self.num_devices}.")
-        self.eval_batch_size = math.ceil(ebs / self.num_devices) * self.num_devices
-        self.num_train = len(data.train_labels)
-        self.num_test = len(data.test_labels)
-        self.steps_per_epoch = self.num_train // bs
+                f"batch_size {batch_size} does not divide over the {self.num_devices} devices. "
+                f"Use a multiple of {self.num_devices}, e.g. --set batch_size="
+                f"{max(1, round(batch_size / self.num_devices)) * self.num_devices}.")
+        self.num_train, self.num_test = data.num_train, data.num_test
+        self.steps_per_epoch = self.num_train // batch_size
         if self.steps_per_epoch == 0:
             raise UserError(
-                f"batch_size {bs} is larger than the {self.num_train} training examples: "
+                f"batch_size {batch_size} is larger than the {self.num_train} training examples: "
                 "lower batch_size.")
-        self.eval_steps = math.ceil(self.num_test / self.eval_batch_size)
-        loop = config["epoch_loop"]
-        if loop == "auto":
-            loop = "step" if jax.default_backend() == "cpu" else "scan"
-        self.epoch_loop = loop
-        self.normalize = input_pipeline.Normalization.of(data.train_images)
+        eval_batch_size = math.ceil(config["eval_batch_size"] / self.num_devices) * self.num_devices
+        self.streaming = isinstance(data, datasets.StreamingDataset)
+        self.pipeline = "stream" if self.streaming else "memory"
+        self.epoch_loop = self._choose_epoch_loop(config["epoch_loop"])
+        d = config["data"]
+        augmentation = stream.Augmentation(d["image_size"], d["random_resized_crop"],
+                                           d["crop_padding"], d["flip"])
+        image_shape = self._image_shape(data, d["image_size"])
+        if self.streaming:
+            mean, std = stream.sample_normalization(data.train, augmentation)
+            self.normalize = input_pipeline.Normalization(mean, std)
+        else:
+            self.normalize = input_pipeline.Normalization.of(data.train_images)
+        self.settings = StepSettings(
+            seed=config["seed"], batch_size=batch_size, eval_batch_size=eval_batch_size,
+            num_devices=self.num_devices, steps_per_epoch=self.steps_per_epoch,
+            eval_steps=math.ceil(self.num_test / eval_batch_size), epochs=config["epochs"],
+            num_test=self.num_test, image_shape=image_shape, normalize=self.normalize,
+            label_smoothing=config["label_smoothing"], aux_loss_weight=config["aux_loss_weight"],
+            crop_padding=0 if self.streaming else d["crop_padding"],
+            flip=False if self.streaming else d["flip"])
 
-        model_config = dict(config["model"])
-        name = model_config.pop("name")
-        self.model = models.create_model(name, data.num_classes, **model_config)
+        self.model = models.create_model(config["model"]["name"], data.num_classes,
+                                         **{k: v for k, v in config["model"].items() if k != "name"})
         # Inside the step BatchNorm averages its statistics over the mesh axis (the global batch).
         step_model = self.model.clone(axis_name=AXIS) if hasattr(self.model, "axis_name") else self.model
         self.schedule = optim.make_schedule(config, self.steps_per_epoch)
         tx = optim.make_optimizer(config, self.schedule)
-        state = create_train_state(self.model, tx, data.train_images.shape[1:], config["seed"])
-        state = state.replace(apply_fn=step_model.apply)
-
-        self.state = self.replicate(state)
-        put = self.replicate
-        self.train_images, self.train_labels = put(data.train_images), put(data.train_labels)
-        self.test_images, self.test_labels = put(data.test_images), put(data.test_labels)
+        state = create_train_state(self.model, tx, image_shape, config["seed"])
+        self.state = feed._replicated(mesh, state.replace(apply_fn=step_model.apply))
         self.param_count = sum(x.size for x in jax.tree.leaves(state.params))
-        self.compile_seconds = 0.0
-        self._compile()
 
-    def replicate(self, tree):
-        """A copy of ``tree`` on every device of the mesh, across all processes.
-
-        Every process holds the same values (same data, same seed); each one fills only its own
-        devices, which is also how a multi-host run feeds them.
-        """
-        sharding = NamedSharding(self.mesh, P())
-
-        def put(x):
-            if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
-                return jax.random.wrap_key_data(put(jax.random.key_data(x)))
-            x = np.asarray(x)
-            return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
-
-        return jax.tree.map(put, tree)
-
-    # -- the functions each device runs ----------------------------------------------------
-
-    def _device_train(self, state, metrics, images, labels, perm, epoch, first_step, num_steps):
-        """Runs ``num_steps`` steps from ``first_step`` of ``epoch`` on this device's share.
-
-        NaN guard: once a step's loss is not finite, it and every later step leave the state as
-        it was (the last good one), and ``metrics['first_bad_step']`` records the global step.
-        """
-        c = self.config
-        local = c["batch_size"] // self.num_devices
-        device = jax.lax.axis_index(AXIS)
-        positions = device * local + jnp.arange(local, dtype=jnp.int32)
-        epoch_key = jax.random.fold_in(jax.random.key(c["seed"]), epoch)
-
-        def one_step(carry, step):
-            state, metrics = carry
-            indices = jax.lax.dynamic_slice(perm, (step * c["batch_size"] + device * local,), (local,))
-            batch = input_pipeline.make_batch(
-                images, labels, indices, positions, normalize=self.normalize,
-                augment_key=jax.random.fold_in(epoch_key, step),
-                crop_padding=c["data"]["crop_padding"], flip=c["data"]["flip"])
-            new_state, step_metrics = train_step(state, batch, AXIS, c["label_smoothing"],
-                                                 c["aux_loss_weight"])
-            healthy = metrics["first_bad_step"] < 0
-            finite = jnp.isfinite(step_metrics["loss"])
-            keep = healthy & finite
-            state = new_state.replace(**{
-                field: jax.tree.map(lambda new, old: jnp.where(keep, new, old),
-                                    getattr(new_state, field), getattr(state, field))
-                for field in ("step", "params", "opt_state", "batch_stats")})
-            metrics = {
-                "loss": metrics["loss"] + jnp.where(keep, step_metrics["loss"], 0.0),
-                "correct": metrics["correct"] + jnp.where(keep, step_metrics["correct"], 0),
-                "count": metrics["count"] + jnp.where(keep, step_metrics["count"], 0),
-                "first_bad_step": jnp.where(healthy & ~finite, state.step + 1, metrics["first_bad_step"]),
-            }
-            return (state, metrics), None
-
-        steps = first_step + jnp.arange(num_steps, dtype=jnp.int32)
-        if num_steps == 1:
-            return one_step((state, metrics), steps[0])[0]
-        return jax.lax.scan(one_step, (state, metrics), steps)[0]
-
-    def _device_eval(self, state, metrics, images, labels, first_step, num_steps):
-        local = self.eval_batch_size // self.num_devices
-        device = jax.lax.axis_index(AXIS)
-
-        def one_step(metrics, step):
-            rows = step * self.eval_batch_size + device * local + jnp.arange(local, dtype=jnp.int32)
-            mask = rows < self.num_test
-            batch = input_pipeline.make_batch(images, labels, jnp.where(mask, rows, 0), rows,
-                                              normalize=self.normalize)
-            batch["mask"] = mask
-            return _add(metrics, eval_step(state, batch, AXIS)), None
-
-        steps = first_step + jnp.arange(num_steps, dtype=jnp.int32)
-        if num_steps == 1:
-            return one_step(metrics, steps[0])[0]
-        return jax.lax.scan(one_step, metrics, steps)[0]
-
-    # -- compilation -----------------------------------------------------------------------
-
-    def _compile(self):
-        mesh, rep = self.mesh, P()
-        scan = self.epoch_loop == "scan"
-        train_steps = self.steps_per_epoch if scan else 1
-        eval_steps = self.eval_steps if scan else 1
-
-        def sharded(fn, n_in):
-            return jax.shard_map(fn, mesh=mesh, in_specs=(rep,) * n_in, out_specs=rep,
-                                 check_vma=False)
-
-        train = functools.partial(self._device_train, num_steps=train_steps)
-        evaluate = functools.partial(self._device_eval, num_steps=eval_steps)
-        train_fn = jax.jit(sharded(train, 7), donate_argnums=(0, 1))
-        eval_fn = jax.jit(sharded(evaluate, 5), donate_argnums=(1,))
-
-        # Metric accumulators start at zero; their structure comes from tracing the steps.
-        self._train_metrics0 = {"loss": np.float32(0), "correct": np.int32(0),
-                                "count": np.int32(0), "first_bad_step": np.int32(-1)}
-        self._eval_metrics0 = _zeros(jax.eval_shape(
-            lambda: eval_step(self.state, self._dummy_eval_batch())))
-
-        perm = self.permutation(0)
+        if self.streaming:
+            workers = d["num_workers"] if d["num_workers"] is not None else stream.default_num_workers()
+            self.feed = feed.StreamFeed(data, mesh, self.settings, augmentation, workers)
+        else:
+            self.feed = feed.MemoryFeed(data, mesh, self.settings, self.epoch_loop)
+        self._train_sums0 = {"loss": np.float32(0), "correct": np.int32(0), "count": np.int32(0),
+                             "first_bad_step": np.int32(-1)}
+        dummy_eval = {"image": jnp.zeros((eval_batch_size, *image_shape)),
+                      "label": jnp.zeros((eval_batch_size,), jnp.int32),
+                      "mask": jnp.zeros((eval_batch_size,), bool)}
+        self._eval_sums0 = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype),
+                                        jax.eval_shape(lambda: eval_step(state, dummy_eval)))
         start = time.perf_counter()
-        self._train = train_fn.lower(self.state, self.zero_train_metrics(), self.train_images,
-                                     self.train_labels, perm, 0, 0).compile()
-        self._eval = eval_fn.lower(self.state, self.replicate(self._eval_metrics0),
-                                   self.test_images, self.test_labels, 0).compile()
+        self.feed.compile(self.state, self.zero_sums(), feed._replicated(mesh, self._eval_sums0))
         self.compile_seconds = time.perf_counter() - start
 
+    def _choose_epoch_loop(self, loop: str) -> str:
+        if self.streaming:
+            if loop == "scan":
+                raise UserError(
+                    "epoch_loop 'scan' runs a whole epoch in one call over data on the devices; "
+                    "the streaming pipeline feeds one batch per step. Use --set epoch_loop=step "
+                    "(or auto), or data.pipeline=memory.")
+            return "step"
+        if loop == "auto":
+            return "step" if jax.default_backend() == "cpu" else "scan"
+        return loop
 
-    def _dummy_eval_batch(self):
-        h, w, ch = self.data.test_images.shape[1:]
-        n = self.eval_batch_size
-        return {"image": jnp.zeros((n, h, w, ch)), "label": jnp.zeros((n,), jnp.int32),
-                "mask": jnp.zeros((n,), bool)}
-
-    @functools.cached_property
-    def _permute(self):
-        return jax.jit(input_pipeline.epoch_permutation, static_argnums=(0, 2),
-                       out_shardings=NamedSharding(self.mesh, P()))
-
-    def permutation(self, epoch: int):
-        """The order of the training examples in ``epoch`` (on the devices)."""
-        return self._permute(self.config["seed"], epoch, self.num_train)
+    @staticmethod
+    def _image_shape(data, image_size: int | None) -> tuple[int, int, int]:
+        if isinstance(data, datasets.Dataset):
+            return data.image_shape
+        if image_size:
+            return (image_size, image_size, data.channels)
+        if data.image_shape is None:
+            raise UserError(
+                f"The images of the dataset '{data.name}' ({data.source}) do not all have one "
+                "size, so the model's input size is not known. Set data.image_size, e.g. --set "
+                "data.image_size=224, to resize them.")
+        return tuple(data.image_shape)
 
     # -- running ---------------------------------------------------------------------------
 
-    @property
-    def steps_per_call(self) -> int:
-        """Steps that one ``train_call`` runs: 1, or a whole epoch with the scan loop."""
-        return self.steps_per_epoch if self.epoch_loop == "scan" else 1
+    def zero_sums(self, saved: dict | None = None):
+        """Fresh metric sums of an epoch (or ``saved`` ones from a checkpoint), on the devices."""
+        zeros = self._train_sums0
+        if saved is not None:
+            zeros = {k: np.asarray(saved[k], v.dtype) for k, v in zeros.items()}
+        return feed._replicated(self.mesh, zeros)
 
-    def zero_train_metrics(self, sums: dict | None = None):
-        """Fresh metric sums of an epoch (or ``sums`` restored from a checkpoint), on the devices."""
-        zeros = self._train_metrics0
-        if sums is not None:
-            zeros = {k: np.asarray(sums[k], v.dtype) for k, v in zeros.items()}
-        return self.replicate(zeros)
-
-    def train_call(self, epoch: int, perm, metrics, step: int):
-        """Runs ``steps_per_call`` steps from ``step`` of ``epoch``; updates the state and
-        returns the metric sums (asynchronously: nothing waits for the devices here)."""
-        self.state, metrics = self._train(self.state, metrics, self.train_images,
-                                          self.train_labels, perm, epoch, step)
-        return metrics
-
-    @staticmethod
-    def epoch_means(metrics) -> dict:
-        m = jax.device_get(metrics)
-        count = max(int(m["count"]), 1)
-        return {"train_loss": float(m["loss"] / count), "train_accuracy": float(m["correct"] / count)}
+    def run_train_steps(self, epoch: int, first_step: int = 0, saved_sums: dict | None = None):
+        """Trains ``epoch`` from ``first_step``: yields (steps done in the epoch, metric sums)
+        after every call. At most MAX_CALLS_IN_FLIGHT calls are queued on the devices: the
+        host waits for the oldest call's sums before it launches another."""
+        sums = self.zero_sums(saved_sums)
+        in_flight = collections.deque()
+        for step in range(first_step, self.steps_per_epoch, self.feed.steps_per_call):
+            while len(in_flight) >= MAX_CALLS_IN_FLIGHT:
+                jax.block_until_ready(in_flight.popleft())
+            self.state, sums = self.feed.train(self.state, sums, epoch, step)
+            in_flight.append(sums)
+            yield step + self.feed.steps_per_call, sums
 
     def train_epoch(self, epoch: int) -> dict:
         """Trains one whole epoch; returns its mean train loss and accuracy."""
-        perm, metrics = self.permutation(epoch), self.zero_train_metrics()
-        for step in range(0, self.steps_per_epoch, self.steps_per_call):
-            metrics = self.train_call(epoch, perm, metrics, step)
-        return self.epoch_means(metrics)
+        sums = None
+        for _, sums in self.run_train_steps(epoch):
+            pass
+        return epoch_means(sums)
 
     def evaluate(self) -> dict:
         """Loss, top-1 (and top-5) accuracy over every test example exactly once."""
-        metrics = self.replicate(self._eval_metrics0)
-        if self.epoch_loop == "scan":
-            metrics = self._eval(self.state, metrics, self.test_images, self.test_labels, 0)
-        else:
-            for step in range(self.eval_steps):
-                metrics = self._eval(self.state, metrics, self.test_images, self.test_labels, step)
-        m = jax.device_get(metrics)
+        m = jax.device_get(self.feed.evaluate(self.state, feed._replicated(self.mesh, self._eval_sums0)))
         out = {"test_loss": float(m["loss"] / m["count"]),
                "test_accuracy": float(m["correct"] / m["count"]),
                "test_count": int(m["count"])}
@@ -357,30 +378,62 @@ class Trainer:
             variables["batch_stats"] = self.state.batch_stats
         return jax.device_get(variables)
 
+    def test_sample(self, max_images: int = 2000) -> datasets.Dataset:
+        """Test images as an in-memory Dataset for the plots (the first ``max_images`` when
+        streamed, at their evaluation view)."""
+        if not self.streaming:
+            return self.data
+        test = self.data.test
+        count = min(len(test), max_images)
+        pairs = [test[i] for i in range(count)]
+        view = self.feed.augmentation.evaluate
+        images = np.stack([view(image) for image, _ in pairs])
+        labels = np.array([label for _, label in pairs], np.int32)
+        return datasets.Dataset(self.data.name, images[:1], labels[:1], images, labels,
+                                self.data.num_classes, self.data.class_names, self.data.source)
+
+    def close(self) -> None:
+        self.feed.close()
+
+
+def epoch_means(sums) -> dict:
+    """Mean train loss and accuracy from an epoch's metric sums."""
+    m = jax.device_get(sums)
+    count = max(int(m["count"]), 1)
+    return {"train_loss": float(m["loss"] / count), "train_accuracy": float(m["correct"] / count)}
+
 
 def make_mesh() -> Mesh:
     """A one-axis ('data') mesh of every device of every process."""
     return Mesh(np.array(jax.devices()), (AXIS,))
 
 
+# -- the run ------------------------------------------------------------------------------------
+
 def train_and_evaluate(config: dict, workdir: str, *, log=print) -> dict:
     """Trains ``config`` (a resolved config, see jaxcnn.config) and writes the run to ``workdir``.
 
     Resumes from the newest readable checkpoint in ``workdir/checkpoints`` if there is one: the
     resumed run is bit-identical on CPU to one never interrupted, since the data order,
-    augmentation and dropout are pure functions of (seed, epoch, step). SIGTERM/SIGINT finish
-    the current step, save and raise RunStopped; so does a loss that turns NaN/inf (without
-    saving: the last good checkpoint stays the newest). At the end, process 0 writes the run's
-    PNGs (jaxcnn.plot) from the final parameters; a failure there is only a warning. Returns the
-    summary (summary.json).
+    augmentation and dropout are pure functions of (seed, epoch, step), in memory and streamed.
+    SIGTERM/SIGINT finish the current step, save and raise RunStopped; so does a loss that turns
+    NaN/inf (without saving: the last good checkpoint stays the newest). At the end, process 0
+    writes the run's PNGs (jaxcnn.plot) from the final parameters; a failure there is only a
+    warning. Returns the summary (summary.json).
     """
     session_start = time.perf_counter()
-    data = datasets.load(config["data"]["dataset"], config["data"]["data_dir"])
+    data = feed.open_data(config["data"])
     if data.warning:
-        log(_banner(data.warning))
-    data = _limit(data, config["data"])
+        log(console.banner(data.warning))
     trainer = Trainer(config, data, make_mesh())
-    spe, epochs = trainer.steps_per_epoch, config["epochs"]
+    try:
+        return _run(config, workdir, trainer, session_start, log)
+    finally:
+        trainer.close()
+
+
+def _run(config: dict, workdir: str, trainer: Trainer, session_start: float, log) -> dict:
+    data, steps_per_epoch, epochs = trainer.data, trainer.steps_per_epoch, config["epochs"]
     every_steps = config["checkpoint"]["every_steps"]
     if every_steps and trainer.epoch_loop == "scan":
         raise UserError(
@@ -389,80 +442,88 @@ def train_and_evaluate(config: dict, workdir: str, *, log=print) -> dict:
             "checkpoint.every_steps.")
     writer = rundir.RunWriter(workdir, enabled=jax.process_index() == 0)
     ckpts = checkpoint.Checkpoints(os.path.join(workdir, "checkpoints"), config["checkpoint"]["keep"])
-
-    progress = {"epoch": 0, "step_in_epoch": 0, "epoch_metrics": None, "best_test_accuracy": None,
-                "best_epoch": None, "last_record": None, "train_seconds": 0.0,
-                "wall_seconds": 0.0}
+    image_shape = list(trainer.settings.image_shape)
     info = {"model": config["model"]["name"], "param_count": trainer.param_count,
             "data": {"dataset": data.name, "source": data.source, "warning": data.warning,
+                     "pipeline": trainer.pipeline,
                      "train_count": trainer.num_train, "test_count": trainer.num_test,
-                     "image_shape": list(data.train_images.shape[1:]),
+                     "image_shape": image_shape,
                      "num_classes": data.num_classes, "class_names": list(data.class_names),
                      "normalization": trainer.normalize._asdict()}}
+    stream_state = {"pipeline": trainer.pipeline, "num_train": trainer.num_train,
+                    "global_batch": config["batch_size"]}
+    progress = Progress(data=stream_state)
     restored = ckpts.restore_latest(trainer.state)
     if restored:
         trainer.state, progress = restored
+        _check_same_stream(progress.data, stream_state, log)
+        progress.data = stream_state
         log(f"resumed from the checkpoint at step {int(trainer.state.step)} (epoch "
-            f"{progress['epoch'] + 1}, {progress['step_in_epoch']}/{spe} steps into it)")
+            f"{progress.epoch + 1}, {progress.step_in_epoch}/{steps_per_epoch} steps into it)")
     else:
         writer.write_json("config.json", config)
-        writer.write_text("model_summary.txt", summary_table(trainer.model, data.train_images.shape[1:]))
+        writer.write_text("model_summary.txt", summary_table(trainer.model, tuple(image_shape)))
     writer.write_json("run.json", info)  # what restore, plot and compare need, from the start
     writer.truncate_metrics(int(trainer.state.step))
     log(f"data: {data.name} from {data.source}: {trainer.num_train} train / {trainer.num_test} test "
-        f"images {data.train_images.shape[1:]}, {data.num_classes} classes")
+        f"images {tuple(image_shape)}, {data.num_classes} classes, {trainer.pipeline} pipeline")
     log(f"model: {config['model']['name']}, {trainer.param_count:,} parameters; "
         f"{trainer.num_devices} device(s) ({jax.default_backend()}), epoch loop '{trainer.epoch_loop}', "
         f"compiled in {trainer.compile_seconds:.1f} s")
 
-    wall_before = progress["wall_seconds"]  # of earlier sessions of this run
+    wall_before = progress.wall_seconds  # of earlier sessions of this run
 
     def save(test_accuracy=None):
-        progress["wall_seconds"] = wall_before + time.perf_counter() - session_start
+        progress.wall_seconds = wall_before + time.perf_counter() - session_start
         ckpts.save(trainer.state, progress, test_accuracy)
 
-    def check_finite(metrics):
-        bad = int(jax.device_get(metrics["first_bad_step"]))
+    def check_finite(sums):
+        bad = int(jax.device_get(sums["first_bad_step"]))
         if bad >= 0:
             raise _diverged(bad, trainer, ckpts)
 
-    bar = _progress_bar(epochs * spe, initial=int(trainer.state.step))
+    bar = console.progress_bar(epochs * steps_per_epoch, initial=int(trainer.state.step))
     try:
-        with _StopSignals() as stop:
-            for epoch in range(progress["epoch"], epochs):
-                first = progress["step_in_epoch"]
-                metrics = trainer.zero_train_metrics(progress["epoch_metrics"] if first else None)
-                perm = trainer.permutation(epoch)
+        with StopSignals() as stop:
+            for epoch in range(progress.epoch, epochs):
+                first = progress.step_in_epoch
                 start = time.perf_counter()
-                for step in range(first, spe, trainer.steps_per_call):
-                    metrics = trainer.train_call(epoch, perm, metrics, step)
-                    done = step + trainer.steps_per_call
+                wait_before = getattr(trainer.feed, "wait_seconds", None)
+                sums = None
+                for done, sums in trainer.run_train_steps(
+                        epoch, first, progress.epoch_metrics if first else None):
                     if bar is not None:
-                        bar.update(trainer.steps_per_call)
-                    global_step = epoch * spe + done
-                    if done < spe and (stop.signal or (every_steps and global_step % every_steps == 0)):
-                        check_finite(metrics)
-                        progress.update(step_in_epoch=done, epoch_metrics=_sums(metrics),
-                                        train_seconds=progress["train_seconds"] + time.perf_counter() - start)
+                        bar.update(trainer.feed.steps_per_call)
+                    global_step = epoch * steps_per_epoch + done
+                    if done < steps_per_epoch and (
+                            stop.signal or (every_steps and global_step % every_steps == 0)):
+                        check_finite(sums)
+                        progress.step_in_epoch, progress.epoch_metrics = done, _sums(sums)
+                        progress.train_seconds += time.perf_counter() - start
                         start = time.perf_counter()
                         save()
                         if stop.signal:
                             raise stop.stopped(global_step, workdir)
-                check_finite(metrics)
+                check_finite(sums)
                 seconds = time.perf_counter() - start
-                record = {"step": (epoch + 1) * spe, "epoch": epoch + 1, **trainer.epoch_means(metrics),
-                          "learning_rate": float(trainer.schedule((epoch + 1) * spe - 1)),
-                          "images_per_sec": (spe - first) * config["batch_size"] / seconds,
+                record = {"step": (epoch + 1) * steps_per_epoch, "epoch": epoch + 1,
+                          **epoch_means(sums),
+                          "learning_rate": float(trainer.schedule((epoch + 1) * steps_per_epoch - 1)),
+                          "images_per_sec": (steps_per_epoch - first) * config["batch_size"] / seconds,
                           "epoch_seconds": seconds}
+                if wait_before is not None:
+                    record["input_wait_share"] = (trainer.feed.wait_seconds - wait_before) / seconds
                 if (epoch + 1) % config["eval_every_epochs"] == 0 or epoch + 1 == epochs:
                     record.update(trainer.evaluate())
-                    best = progress["best_test_accuracy"]
+                    best = progress.best_test_accuracy
                     if best is None or record["test_accuracy"] > best:
-                        progress.update(best_test_accuracy=record["test_accuracy"], best_epoch=epoch + 1)
+                        progress.best_test_accuracy = record["test_accuracy"]
+                        progress.best_epoch = epoch + 1
                 writer.append_metrics(record)
-                _log_epoch(record, epochs, bar, log)
-                progress.update(epoch=epoch + 1, step_in_epoch=0, epoch_metrics=None, last_record=record,
-                                train_seconds=progress["train_seconds"] + seconds)
+                console.log_epoch(record, epochs, bar, log)
+                progress.epoch, progress.step_in_epoch, progress.epoch_metrics = epoch + 1, 0, None
+                progress.last_record = record
+                progress.train_seconds += seconds
                 if ((epoch + 1) % config["checkpoint"]["every_epochs"] == 0 or epoch + 1 == epochs
                         or stop.signal):
                     save(record.get("test_accuracy"))
@@ -473,89 +534,22 @@ def train_and_evaluate(config: dict, workdir: str, *, log=print) -> dict:
         if bar is not None:
             bar.close()
 
-    final = progress["last_record"]
-    summary = {
-        "name": config["name"],
-        "model": config["model"]["name"],
-        "param_count": trainer.param_count,
-        "final_test_accuracy": final["test_accuracy"],
-        "final_test_loss": final["test_loss"],
-        "best_test_accuracy": progress["best_test_accuracy"],
-        "best_epoch": progress["best_epoch"],
-        "epochs": epochs,
-        "steps": final["step"],
-        "wall_seconds": wall_before + time.perf_counter() - session_start,
-        "train_seconds": progress["train_seconds"],
-        "compile_seconds": trainer.compile_seconds,
-        "train_images_per_sec": epochs * spe * config["batch_size"] / max(progress["train_seconds"], 1e-9),
-        "devices": trainer.num_devices,
-        "backend": jax.default_backend(),
-        "data": info["data"],
-    }
-    summary["param_checksum"] = float(sum(np.abs(np.asarray(x, np.float64)).sum()
-                                          for x in jax.tree.leaves(jax.device_get(trainer.state.params))))
+    wall = wall_before + time.perf_counter() - session_start
+    summary = console.run_summary(config, trainer, progress, info, wall)
     writer.write_json("summary.json", summary)
-    log(f"parameter checksum (sum of |w|, equal on every process): {summary['param_checksum']!r}")
-    log(f"done: final test accuracy {summary['final_test_accuracy']:.4f}, best "
-        f"{summary['best_test_accuracy']:.4f} (epoch {summary['best_epoch']}), "
-        f"{summary['wall_seconds']:.1f} s wall, {summary['train_images_per_sec']:,.0f} train images/s"
-        + (f"; run written to {workdir}" if writer.enabled else ""))
+    console.log_done(summary, workdir, writer.enabled, log)
     if writer.enabled:
-        _write_plots(workdir, trainer, config, info, data, log)
+        console.write_plots(workdir, trainer, config, info, log)
     return summary
 
 
-def _write_plots(workdir: str, trainer: Trainer, config: dict, info: dict, data, log) -> None:
-    """The run's PNGs (jaxcnn.plot) from the final parameters; a failure is only a warning, since
-    the run itself is saved."""
-    start = time.perf_counter()
-    try:
-        from jaxcnn import plot
-        from jaxcnn.restore import Restored
-
-        model = Restored(trainer.model.apply, trainer.variables(), config, info,
-                         int(trainer.state.step))
-        written = plot.write_plots(workdir, model=model, data=data, log=log)
-    except Exception as e:  # noqa: BLE001 - plotting must never lose a finished run
-        reason = " ".join(f"{type(e).__name__}: {e}".split())[:300]
-        log(f"WARNING: could not write the plots ({reason}); the run is saved. Try again with: "
-            f"python -m jaxcnn.plot {workdir}")
+def _check_same_stream(saved: dict | None, now: dict, log) -> None:
+    """Warns when a run resumes on data that is not what its checkpoint's stream indexed."""
+    if saved is None or saved == now:
         return
-    names = ", ".join(os.path.basename(p) for p in written)
-    log(f"plots: {names} ({time.perf_counter() - start:.1f} s)")
-
-
-class _StopSignals:
-    """Turns SIGTERM and SIGINT into a flag the training loop checks after every step.
-
-    The loop then saves a checkpoint and stops. A second signal stops at once.
-    """
-
-    def __enter__(self):
-        self.signal = None
-        self._previous = {}
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        if self.signal is not None:
-            raise KeyboardInterrupt
-        self.signal = signum
-        print(f"\n{signal.Signals(signum).name}: finishing the current step and saving a "
-              "checkpoint (send it again to stop at once)", file=sys.stderr, flush=True)
-
-    def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-    def stopped(self, step: int, workdir: str) -> RunStopped:
-        name = signal.Signals(self.signal).name
-        return RunStopped(
-            f"Stopped by {name} after step {step}; saved a checkpoint in "
-            f"{os.path.join(workdir, 'checkpoints')}. Run the same command again to resume.",
-            128 + self.signal)
+    changes = ", ".join(f"{k} {saved.get(k)} -> {now.get(k)}" for k in now if saved.get(k) != now.get(k))
+    log(f"WARNING: the data changed since the checkpoint was saved ({changes}); the run goes on, "
+        "but from here on its batches differ from those of an uninterrupted run.")
 
 
 def _diverged(bad_step: int, trainer: Trainer, ckpts: checkpoint.Checkpoints) -> RunStopped:
@@ -571,43 +565,5 @@ def _diverged(bad_step: int, trainer: Trainer, ckpts: checkpoint.Checkpoints) ->
         "(schedule.name=warmup_cosine).", 3)
 
 
-def _sums(metrics) -> dict:
-    return {k: np.asarray(v).item() for k, v in jax.device_get(metrics).items()}
-
-
-def _limit(data: datasets.Dataset, data_config: dict) -> datasets.Dataset:
-    n_train, n_test = data_config["max_train_examples"], data_config["max_test_examples"]
-    changes = {}
-    if n_train is not None:
-        changes.update(train_images=data.train_images[:n_train], train_labels=data.train_labels[:n_train])
-    if n_test is not None:
-        changes.update(test_images=data.test_images[:n_test], test_labels=data.test_labels[:n_test])
-    return dataclasses.replace(data, **changes) if changes else data
-
-
-def _banner(text: str) -> str:
-    line = "!" * 78
-    return f"{line}\nWARNING: {text}\n{line}"
-
-
-def _progress_bar(total: int, initial: int = 0):
-    if not sys.stderr.isatty():
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, leave=False)
-
-
-def _log_epoch(r: dict, epochs: int, progress, log):
-    text = (f"epoch {r['epoch']}/{epochs} step {r['step']}: train loss {r['train_loss']:.4f} "
-            f"acc {r['train_accuracy']:.4f}")
-    if "test_accuracy" in r:
-        text += f" | test loss {r['test_loss']:.4f} acc {r['test_accuracy']:.4f}"
-        if "test_top5" in r:
-            text += f" top5 {r['test_top5']:.4f}"
-        text += f" ({r['test_count']} images)"
-    text += f" | {r['images_per_sec']:,.0f} img/s, lr {r['learning_rate']:.2e}"
-    if progress is not None:
-        progress.write(text)
-    else:
-        log(text)
+def _sums(sums) -> dict:
+    return {k: np.asarray(v).item() for k, v in jax.device_get(sums).items()}

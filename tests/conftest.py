@@ -15,6 +15,9 @@ for variable, prefix in (("JAXCNN_DATA_DIR", "jaxcnn-test-cache-"),
                          ("JAXCNN_COMPILATION_CACHE", "jaxcnn-test-compilation-")):
     os.environ[variable] = tempfile.mkdtemp(prefix=prefix)
     atexit.register(shutil.rmtree, os.environ[variable], ignore_errors=True)
+# Tests never reach the network: datasets are not downloaded, except in tests/test_download.py,
+# which turns downloads back on against a server of its own on 127.0.0.1.
+os.environ["JAXCNN_DOWNLOAD"] = "0"
 
 from jaxcnn import hostmem  # noqa: E402
 

@@ -30,7 +30,10 @@ ARGS = ["--set", "epochs=2", "--set", "batch_size=64", "--set", "data.max_train_
         "--set", "data.max_test_examples=512", "--set", "checkpoint.every_steps=4",
         "--set", "epoch_loop='step'", "--set", "model={'name': 'cnn', 'cdims': [8, 16], "
         "'hdims': [16], 'batch_norm': True, 'dropout': 0.2}"]
-TIMING_KEYS = {"images_per_sec", "epoch_seconds"}
+TIMING_KEYS = {"images_per_sec", "epoch_seconds", "input_wait_share"}
+# The streaming pipeline with a decoding worker process and host-side augmentation.
+STREAM = ["--set", "data.pipeline=stream", "--set", "data.num_workers=1",
+          "--set", "data.crop_padding=2", "--set", "data.flip=True"]
 
 
 def launch(workdir, *extra):
@@ -102,6 +105,30 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path, reference):
     assert_same_run(workdir, reference)
 
 
+@pytest.fixture(scope="module")
+def stream_reference(tmp_path_factory):
+    """An uninterrupted run on the streaming pipeline."""
+    require_fashion_mnist()
+    workdir = tmp_path_factory.mktemp("stream_reference") / "run"
+    code, out, err = finish(launch(workdir, *STREAM))
+    assert code == 0, err
+    return workdir
+
+
+def test_streamed_resume_after_sigkill_is_bit_identical(tmp_path, stream_reference):
+    workdir = tmp_path / "run"
+    proc = launch(workdir, *STREAM)
+    wait_for_checkpoint(proc, workdir, at_least=2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = steps(workdir)[-1]
+    assert killed_at < 32
+    code, out, err = finish(launch(workdir, *STREAM))
+    assert code == 0, err
+    assert f"resumed from the checkpoint at step {killed_at}" in out and "stream pipeline" in out
+    assert_same_run(workdir, stream_reference)
+
+
 def test_sigterm_saves_and_exits_nonzero_and_resume_is_bit_identical(tmp_path, reference):
     workdir = tmp_path / "run"
     proc = launch(workdir)
@@ -158,9 +185,9 @@ def test_checkpoint_of_another_model_is_refused(tmp_path):
         return create_train_state(create_model(name, 10, **kw), optax.adam(1e-3), (28, 28, 1), 0)
 
     ckpts = checkpoint.Checkpoints(str(tmp_path / "checkpoints"), keep=2)
-    ckpts.save(state("lenet5"), {"epoch": 1})
+    ckpts.save(state("lenet5"), checkpoint.Progress(epoch=1))
     restored, progress = ckpts.restore_latest(state("lenet5"))
-    assert progress == {"epoch": 1}
+    assert progress == checkpoint.Progress(epoch=1)
     with pytest.raises(UserError, match="holds another model or input shape"):
         ckpts.restore_latest(state("cnn", cdims=(8,), hdims=()))
     ckpts.close()
@@ -169,7 +196,7 @@ def test_checkpoint_of_another_model_is_refused(tmp_path):
 def test_no_readable_checkpoint_is_an_error(tmp_path):
     ckpts = checkpoint.Checkpoints(str(tmp_path / "checkpoints"), keep=2)
     s = create_train_state(create_model("lenet5", 10), optax.adam(1e-3), (28, 28, 1), 0)
-    ckpts.save(s, {"epoch": 1})
+    ckpts.save(s, checkpoint.Progress(epoch=1))
     for folder, _, files in os.walk(tmp_path / "checkpoints"):
         for name in files:
             if "state" in folder:
@@ -185,7 +212,7 @@ def test_the_best_checkpoint_is_kept_and_known_after_a_resume(tmp_path):
     def session(saves):  # one training session: a fresh manager on the same folder
         ckpts = checkpoint.Checkpoints(str(tmp_path / "checkpoints"), keep=2)
         for step, accuracy in saves:
-            ckpts.save(s.replace(step=np.int32(step)), {"epoch": step}, accuracy)
+            ckpts.save(s.replace(step=np.int32(step)), checkpoint.Progress(epoch=step), accuracy)
         result = ckpts.steps(), ckpts.best_step()
         ckpts.close()
         return result

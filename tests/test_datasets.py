@@ -28,8 +28,10 @@ HANG_LIMIT_S = 60
 
 @pytest.fixture(autouse=True)
 def isolated(tmp_path, monkeypatch):
-    """Point the cache and TFDS at empty folders and hide the system copies."""
+    """Point the cache and TFDS at empty folders, hide the system copies, never download."""
     monkeypatch.setenv("JAXCNN_DATA_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("JAXCNN_DOWNLOAD", "0")
+    monkeypatch.delenv("JAXCNN_DOWNLOAD_MIRROR", raising=False)
     monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
     monkeypatch.setattr(rawfiles, "SYSTEM_DATA_ROOTS", {})
 

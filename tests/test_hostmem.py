@@ -26,11 +26,12 @@ data = datasets.Dataset("synthetic", images, labels, images[:128], labels[:128],
                         tuple("abcdefghij"), "generated")
 config = config_lib.resolve({"model": {"name": "cnn", "batch_norm": True}, "batch_size": 128})
 trainer = train.Trainer(config, data, train.make_mesh())
-perm, metrics = trainer.permutation(0), trainer.zero_train_metrics()
+sums = trainer.zero_sums()
 faults = []
 for step in range(30):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    metrics = jax.block_until_ready(trainer.train_call(0, perm, metrics, step % trainer.steps_per_epoch))
+    trainer.state, sums = trainer.feed.train(trainer.state, sums, 0, step % trainer.steps_per_epoch)
+    sums = jax.block_until_ready(sums)
     faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 print(json.dumps({"applied": applied, "faults_per_step": float(np.median(faults[10:]))}))
 """

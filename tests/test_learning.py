@@ -11,12 +11,14 @@ from jax.sharding import Mesh
 from conftest import require_fashion_mnist
 from jaxcnn import config as config_lib
 from jaxcnn import datasets
-from jaxcnn.train import AXIS, Trainer, _limit
+from jaxcnn.feed import limit
+from jaxcnn.train import AXIS, Trainer
 
 
 def train(overrides: dict) -> list[dict]:
     config = config_lib.resolve(overrides)
-    data = _limit(datasets.load(config["data"]["dataset"]), config["data"])
+    d = config["data"]
+    data = limit(datasets.load(d["dataset"]), d["max_train_examples"], d["max_test_examples"])
     trainer = Trainer(config, data, Mesh(np.array(jax.devices()[:1]), (AXIS,)))
     return [{**trainer.train_epoch(e), **trainer.evaluate()} for e in range(config["epochs"])]
 

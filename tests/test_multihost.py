@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from conftest import require_fashion_mnist
 
@@ -24,10 +25,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start(workdir, devices, *extra):
+def start(workdir, devices, *extra, args=ARGS):
     env = {**os.environ, "PYTHONPATH": ROOT, "PYTHONUNBUFFERED": "1",
            "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
-    return subprocess.Popen([sys.executable, "-m", "jaxcnn.launch", EXPERIMENT, *ARGS, *extra,
+    return subprocess.Popen([sys.executable, "-m", "jaxcnn.launch", EXPERIMENT, *args, *extra,
                              "--workdir", str(workdir)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
@@ -66,3 +67,23 @@ def test_a_process_whose_peer_never_comes_exits_with_a_message(tmp_path):
     err = " ".join(err.split())
     assert proc.returncode == 2
     assert "not every one of the processes came within 3 s" in err and "--process-id" in err
+
+
+@pytest.mark.slow
+def test_two_processes_train_full_fashion_mnist_like_one(tmp_path):
+    """All 60,000 images, one epoch, 2 processes x 2 devices against 1 process x 1 device."""
+    require_fashion_mnist()
+    port = free_port()
+    full = ["--set", "epochs=1"]
+    multi = [start(tmp_path / "multi", 2, "--coordinator", f"127.0.0.1:{port}",
+                   "--num-processes", "2", "--process-id", str(i), "--init-timeout", "60", args=full)
+             for i in range(2)]
+    single = start(tmp_path / "single", 1, args=full)
+    for proc in [*multi, single]:
+        out, err = proc.communicate(timeout=900)
+        assert proc.returncode == 0, err
+    a = json.loads((tmp_path / "multi" / "summary.json").read_text())
+    b = json.loads((tmp_path / "single" / "summary.json").read_text())
+    assert a["devices"] == 4 and a["data"]["train_count"] == 60_000
+    np.testing.assert_allclose(a["final_test_loss"], b["final_test_loss"], rtol=2e-2)
+    assert abs(a["final_test_accuracy"] - b["final_test_accuracy"]) < 0.01

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from jaxcnn import events, plot, rundir, train
+from jaxcnn import console, events, plot, rundir
 from jaxcnn.models import create_model
 from jaxcnn.restore import restore
 
@@ -108,7 +108,7 @@ def test_plot_cli_refuses_a_directory_that_is_no_run(tmp_path, capsys):
 
 def test_a_failing_plot_does_not_lose_the_run(tmp_path):
     messages = []
-    train._write_plots(str(tmp_path), None, {}, {}, None, log=messages.append)  # no trainer
+    console.write_plots(str(tmp_path), None, {}, {}, log=messages.append)  # no trainer
     assert len(messages) == 1 and messages[0].startswith("WARNING: could not write the plots")
     assert f"python -m jaxcnn.plot {tmp_path}" in messages[0]
 

@@ -80,3 +80,25 @@ def test_fashion_experiment_takes_two_finite_training_steps(name, fast_compile):
     if "aux1" in state.params:  # GoogLeNet: the auxiliary losses reach the heads (biases: no decay)
         for head in ("aux1", "aux2"):
             assert not np.array_equal(before[head]["fc2"]["bias"], state.params[head]["fc2"]["bias"])
+
+
+@pytest.mark.parametrize("name, num_classes", [("resnet50_imagenet.py", 1000),
+                                               ("resnet18_imagefolder.py", 5)])
+def test_streamed_imagenet_style_experiments_resolve_and_build(name, num_classes):
+    config = config_lib.resolve(config_lib.load_experiment(os.path.join(EXPERIMENTS, name)))
+    data = config["data"]
+    assert data["image_size"] == 224 and data["random_resized_crop"] and data["flip"]
+    assert config["optimizer"]["name"] == "momentum" and config["optimizer"]["weight_decay"] == 1e-4
+    assert config["optimizer"]["learning_rate"] == pytest.approx(0.1 * config["batch_size"] / 256)
+    assert config["schedule"]["name"] == "warmup_cosine" and config["label_smoothing"] == 0.1
+    model_config = dict(config["model"])
+    model = create_model(model_config.pop("name"), num_classes, **model_config)
+    x = jax.ShapeDtypeStruct((2, 224, 224, 3), jnp.float32)
+    variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), x)
+    logits = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, x)
+    assert logits.shape == (2, num_classes)
+    if name == "resnet50_imagenet.py":
+        assert data["dataset"] == "imagenet2012" and config["epochs"] == 90
+        assert config["schedule"]["warmup_epochs"] == 5
+        params = sum(p.size for p in jax.tree.leaves(variables["params"]))
+        assert params == 25_557_032  # torchvision's resnet50

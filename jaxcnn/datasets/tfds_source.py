@@ -22,7 +22,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from jaxcnn.datasets.base import Dataset, DatasetError, build
+from jaxcnn.datasets.base import Dataset, DatasetError, StreamingDataset, build
 from jaxcnn.datasets.records import BUILTIN
 
 # How long the "are we online?" DNS lookup may take before TFDS downloads.
@@ -244,6 +244,83 @@ def _read_tf_dataset(builder, tfds, split: str, image_key: str, label_key: str):
     return np.asarray(batch[image_key]), np.asarray(batch[label_key])
 
 
-def open_data_sources(name: str):
-    """Placeholder: random-access TFDS splits for streaming."""
-    return None
+class TfdsSplit:
+    """One split of an array_record TFDS dataset as a RandomAccessSource: ``source[i]`` is
+    ``(uint8 [H, W, C] image, int label)``, read through ``builder.as_data_source``.
+
+    It pickles as its folder and split name; an unpickled copy (in a grain worker process)
+    opens the split again from the folder on first use.
+    """
+
+    def __init__(self, data_dir: str, split: str, keys: tuple[str, str], data_source=None):
+        self.data_dir, self.split, self.keys = data_dir, split, keys
+        self._data_source = data_source
+        self._length = len(self._open())
+        self._where = f"TFDS split '{split}' in {data_dir}"
+
+    def _open(self):
+        if self._data_source is None:
+            import tensorflow_datasets as tfds
+
+            builder = tfds.builder_from_directory(self.data_dir)
+            self._data_source = builder.as_data_source(split=self.split)
+        return self._data_source
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_data_source": None}
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
+        example = self._open()[index]
+        image_key, label_key = self.keys
+        return _as_image(example[image_key], self._where), int(example[label_key])
+
+    def __repr__(self) -> str:
+        return f"TfdsSplit({self.data_dir!r}, {self.split!r}, {self._length} examples)"
+
+
+def open_data_sources(name: str) -> StreamingDataset | None:
+    """The train and test (else validation) splits of ``name`` read example by example, when
+    TFDS has it prepared in `tfds_data_dir()` as array_record; None otherwise (then the caller
+    loads it whole, which also reports what is wrong with an unusable copy)."""
+    if re.match(r"^\w+:[A-Za-z_]", name) or importlib.util.find_spec("tensorflow_datasets") is None:
+        return None
+    import tensorflow_datasets as tfds
+
+    with _tfds_offline_lookup():
+        try:
+            builder = tfds.builder(name, data_dir=os.fspath(tfds_data_dir()))
+            if not builder.is_prepared():
+                return None
+        except Exception:  # unknown names, odd configs: the whole-dataset path explains
+            return None
+        info = builder.info
+        keys = info.supervised_keys or ("image", "label")
+        test_split = next((s for s in ("test", "validation") if s in info.splits), None)
+        usable = (getattr(info.file_format, "value", str(info.file_format)) == "array_record"
+                  and len(keys) == 2 and all(isinstance(key, str) for key in keys)
+                  and all(key in info.features for key in keys)
+                  and "train" in info.splits and test_split is not None
+                  and getattr(info.features[keys[1]], "names", None))
+        if not usable:
+            return None
+        data_dir = os.fspath(builder.data_dir)
+        try:
+            splits = [TfdsSplit(data_dir, split, tuple(keys), builder.as_data_source(split=split))
+                      for split in ("train", test_split)]
+        except Exception:  # missing array_record files or package: loading whole explains
+            return None
+    names = tuple(info.features[keys[1]].names)
+    record = BUILTIN.get(name)
+    if record and record.class_names and len(record.class_names) == len(names):
+        names = record.class_names
+    shape = tuple(getattr(info.features[keys[0]], "shape", ()))
+    shape = shape + (1,) if len(shape) == 2 else shape
+    known = len(shape) == 3 and all(isinstance(size, int) for size in shape)
+    return StreamingDataset(
+        name=name, train=splits[0], test=splits[1], num_classes=len(names), class_names=names,
+        channels=shape[-1] if len(shape) == 3 and isinstance(shape[-1], int) else 3,
+        source=f"TFDS {data_dir} (array_record, read while training)",
+        image_shape=shape if known else None)
