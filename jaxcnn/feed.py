@@ -100,6 +100,25 @@ def limit(data, max_train: int | None, max_test: int | None):
     return dataclasses.replace(data, **changes) if changes else data
 
 
+def test_sample(data, augmentation: stream.Augmentation | None, max_images: int = 2000) -> Dataset:
+    """Test images in memory, for the plots: ``data`` itself when in memory, else its first
+    ``max_images`` test examples at their evaluation view."""
+    if isinstance(data, Dataset):
+        return data
+    count = min(data.num_test, max_images)
+    pairs = [data.test[i] for i in range(count)]
+    images = np.stack([augmentation.evaluate(image) for image, _ in pairs])
+    labels = np.array([label for _, label in pairs], np.int32)
+    return Dataset(data.name, images[:1], labels[:1], images, labels, data.num_classes,
+                   data.class_names, data.source)
+
+
+def augmentation_of(data_config: dict) -> stream.Augmentation:
+    """The streamed views of ``data_config``."""
+    return stream.Augmentation(data_config["image_size"], data_config["random_resized_crop"],
+                               data_config["crop_padding"], data_config["flip"])
+
+
 def _replicated(mesh: Mesh, tree):
     """A copy of ``tree`` on every device of the mesh, across all processes (each process fills
     its own devices with the same values)."""
@@ -115,6 +134,9 @@ def _replicated(mesh: Mesh, tree):
 
 
 def _sharded(fn, mesh: Mesh, in_specs, out_specs):
+    """``fn`` (a partial of a per-device function of jaxcnn.train) under shard_map, keeping the
+    function's name (which names its compiled program and compilation-cache entry)."""
+    fn = functools.update_wrapper(fn, fn.func)
     # check_vma=False: see jaxcnn.train's module docstring.
     return jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False)
 

@@ -33,7 +33,7 @@ import jax
 import numpy as np
 from matplotlib.figure import Figure
 
-from jaxcnn import datasets, optim, rundir
+from jaxcnn import optim, rundir
 from jaxcnn.errors import UserError, report
 
 DPI = 100
@@ -295,7 +295,12 @@ def write_plots(run_dir: str, *, which: str = "latest", model=None, data=None,
     heading += f", step {model.step}"
     if data is None:
         try:
-            data = datasets.load(config["data"]["dataset"], config["data"]["data_dir"])
+            from jaxcnn import feed
+            from jaxcnn.config import DEFAULTS
+
+            d = {**DEFAULTS["data"], **config["data"]}  # runs made before a setting existed
+            data = feed.test_sample(feed.open_data({**d, "max_train_examples": 1}),
+                                    feed.augmentation_of(d))
         except UserError as e:
             log(f"note: no feature_maps.png or confusion_matrix.png: {e}")
     test_images = test_labels = None

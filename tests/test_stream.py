@@ -12,6 +12,7 @@ from jaxcnn import config as config_lib
 from jaxcnn import datasets, stream
 from jaxcnn.feed import limit
 from jaxcnn.train import AXIS, Trainer
+from test_train import synthetic_dataset as synthetic
 
 AUGMENT = stream.Augmentation(crop_padding=2, flip=True)
 
@@ -125,21 +126,6 @@ def test_images_of_different_sizes_need_image_size():
 
 
 # -- the Trainer on a stream --------------------------------------------------------------------
-
-def synthetic(n_train=256, n_test=100, seed=0):
-    """Class c brightens the c-th of four horizontal bands (as tests/test_train.py)."""
-    rng = np.random.default_rng(seed)
-
-    def make(n):
-        labels = rng.integers(0, 4, n).astype(np.int32)
-        images = rng.integers(0, 60, (n, 28, 28, 1)).astype(np.uint8)
-        for i, y in enumerate(labels):
-            images[i, 7 * y:7 * (y + 1)] += 150
-        return images, labels
-
-    (tri, trl), (tei, tel) = make(n_train), make(n_test)
-    return datasets.Dataset("synthetic", tri, trl, tei, tel, 4, ("a", "b", "c", "d"), "generated")
-
 
 def run(config, data, devices):
     trainer = Trainer(config, data, Mesh(np.array(devices), (AXIS,)))
