@@ -6,4 +6,4 @@ reaches the 92% target.
 
 from jaxcnn.config import extend
 
-config = extend("cnn.py", {"model": {"batch_norm": True, "dropout": 0.1}, "epochs": 20})
+config = extend(__file__, "cnn.py", {"model": {"batch_norm": True, "dropout": 0.1}, "epochs": 20})

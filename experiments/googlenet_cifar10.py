@@ -2,7 +2,7 @@
 
 from jaxcnn.config import extend
 
-config = extend("googlenet_fashion.py", {
+config = extend(__file__, "googlenet_fashion.py", {
     "data": {"dataset": "cifar10", "crop_padding": 4, "flip": True},
     "epochs": 60,
 })

@@ -2,4 +2,4 @@
 
 from jaxcnn.config import extend
 
-config = extend("lenet.py", {"data": {"dataset": "fashion_mnist"}})
+config = extend(__file__, "lenet.py", {"data": {"dataset": "fashion_mnist"}})

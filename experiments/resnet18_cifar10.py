@@ -3,7 +3,7 @@ weight decay 5e-4, crop and flip, cosine decay)."""
 
 from jaxcnn.config import extend
 
-config = extend("resnet18_fashion.py", {
+config = extend(__file__, "resnet18_fashion.py", {
     "data": {"dataset": "cifar10", "crop_padding": 4, "flip": True},
     "epochs": 60,
 })

@@ -2,4 +2,4 @@
 
 from jaxcnn.config import extend
 
-config = extend("resnet20_cifar10.py", {"model": {"name": "resnet56"}})
+config = extend(__file__, "resnet20_cifar10.py", {"model": {"name": "resnet56"}})

@@ -8,7 +8,7 @@ over 15 epochs and label smoothing 0.1. Measure with
 
 from jaxcnn.config import extend
 
-config = extend("cnn_bn.py", {
+config = extend(__file__, "cnn_bn.py", {
     "model": {"cdims": (32, 64, 128), "hdims": (128,)},
     "data": {"flip": True},
     "epochs": 15,

@@ -7,7 +7,7 @@ label smoothing 0.1. Measure with
 
 from jaxcnn.config import extend
 
-config = extend("lenet_fashion.py", {
+config = extend(__file__, "lenet_fashion.py", {
     "epochs": 12,
     "optimizer": {"learning_rate": 2e-3},
     "label_smoothing": 0.1,

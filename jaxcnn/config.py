@@ -3,10 +3,10 @@
 An experiment file is plain Python that defines a dict named ``config``. Only the keys that
 differ from ``DEFAULTS`` need to be given; ``resolve`` merges them over the defaults and checks
 every key, type and value, so a typo fails before any work is done. An experiment can build on
-another one with ``extend``::
+another one with ``extend``, given its own path (``__file__``) and the other file's::
 
     from jaxcnn.config import extend
-    config = extend("lenet.py", {"data": {"dataset": "fashion_mnist"}})
+    config = extend(__file__, "lenet.py", {"data": {"dataset": "fashion_mnist"}})
 """
 
 import ast
@@ -15,10 +15,11 @@ import math
 import os
 import re
 import runpy
-import sys
 from typing import Any
 
+from jaxcnn import models
 from jaxcnn.errors import UserError, did_you_mean
+from jaxcnn.optim import OPTIMIZERS, SCHEDULES  # the registries: name -> builder
 
 # Every setting and its default: the one place where defaults live.
 DEFAULTS: dict[str, Any] = {
@@ -66,13 +67,14 @@ DEFAULTS: dict[str, Any] = {
         "every_steps": None,  # also save every N steps inside an epoch (epoch_loop 'step')
         "keep": 3,  # keep the last N checkpoints, plus the best by test accuracy
     },
+    "precision": "float32",  # 'bfloat16': compute in bfloat16; parameters, optimizer state,
+    # BatchNorm statistics, the loss and checkpoints stay float32
     "epoch_loop": "auto",  # 'step': one jitted call per batch; 'scan': one lax.scan per epoch;
     # 'auto': 'step' on CPU (faster there), 'scan' on GPU/TPU
 }
 
-OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop")
-SCHEDULES = ("constant", "cosine", "warmup_cosine", "step", "onecycle")
 EPOCH_LOOPS = ("auto", "step", "scan")
+PRECISIONS = tuple(models.PRECISIONS)
 PIPELINES = ("auto", "memory", "stream")
 
 # Settings whose default is None (or an empty list) and so does not show their type.
@@ -130,8 +132,8 @@ def validate(config: dict) -> None:
     _choice(config["schedule"]["name"], SCHEDULES, "schedule.name")
     _choice(config["epoch_loop"], EPOCH_LOOPS, "epoch_loop")
     _choice(config["data"]["pipeline"], PIPELINES, "data.pipeline")
-    if not isinstance(config["model"].get("name"), str):
-        raise UserError("model.name must be a string naming a model, e.g. 'lenet5' or 'cnn'.")
+    _choice(config["precision"], PRECISIONS, "precision")
+    models.check_config(config["model"])  # the name, its settings and the model's own checks
     positive = {
         "epochs": config["epochs"],
         "batch_size": config["batch_size"],
@@ -151,10 +153,7 @@ def validate(config: dict) -> None:
     for key, value in positive.items():
         if not value > 0 or (isinstance(value, float) and not math.isfinite(value)):
             raise UserError(f"{key} must be a finite number above 0, got {value!r}.")
-    for key, value in (
-        ("label_smoothing", config["label_smoothing"]),
-        ("model.dropout", config["model"].get("dropout", 0.0)),
-    ):
+    for key, value in (("label_smoothing", config["label_smoothing"]),):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
             raise UserError(f"{key} must be a number in [0, 1), got {value!r}.")
     for key in ("momentum", "b1", "b2"):
@@ -279,14 +278,12 @@ def load_experiment(path: str) -> dict:
     return namespace["config"]
 
 
-def extend(base_file: str, overrides: dict) -> dict:
-    """``config`` of another experiment file with ``overrides`` merged in (dict by dict).
+def extend(here: str, base_file: str, overrides: dict) -> dict:
+    """``config`` of the experiment file ``base_file`` with ``overrides`` merged in (dict by dict).
 
-    ``base_file`` is relative to the experiment file that calls ``extend``.
+    ``here`` is the calling experiment's own path, ``__file__``: a relative ``base_file`` is
+    taken relative to its folder, e.g. ``config = extend(__file__, "cnn.py", {"epochs": 20})``.
     """
-    caller = sys._getframe(1).f_globals.get("__file__")
-    if caller and not os.path.isabs(base_file):
-        base_file = os.path.join(os.path.dirname(os.path.abspath(caller)), base_file)
-    base = load_experiment(base_file)
+    base = load_experiment(os.path.join(os.path.dirname(os.path.abspath(here)), base_file))
     base.pop("name", None)  # a derived experiment is named after its own file
     return merge(base, overrides)

@@ -141,12 +141,39 @@ def _sharded(fn, mesh: Mesh, in_specs, out_specs):
     return jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False)
 
 
+def memory_programs(mesh: Mesh, settings, epoch_loop: str):
+    """The jitted train and eval programs of the memory feed: (state, sums, images, labels,
+    perm, epoch, first_step) and (state, sums, images, labels, first_step), all replicated.
+    With epoch_loop 'scan' one call runs a whole epoch (or the whole evaluation)."""
+    from jaxcnn import train
+
+    scan = epoch_loop == "scan"
+    rep = P()
+    train_fn = functools.partial(train.train_steps_from_memory, settings=settings,
+                                 num_steps=settings.steps_per_epoch if scan else 1)
+    eval_fn = functools.partial(train.eval_steps_from_memory, settings=settings,
+                                num_steps=settings.eval_steps if scan else 1)
+    # The state's buffers are reused; the metric sums are not, so the loop can wait on them.
+    return (jax.jit(_sharded(train_fn, mesh, (rep,) * 7, rep), donate_argnums=(0,)),
+            jax.jit(_sharded(eval_fn, mesh, (rep,) * 5, rep), donate_argnums=(1,)))
+
+
+def stream_programs(mesh: Mesh, settings):
+    """The jitted train and eval programs of the streaming feed: (state, sums, batch), the batch
+    split over the devices along the data axis."""
+    from jaxcnn import train
+
+    rep, rows = P(), P(train.AXIS)
+    train_fn = functools.partial(train.train_step_from_stream, settings=settings)
+    eval_fn = functools.partial(train.eval_step_from_stream, settings=settings)
+    return (jax.jit(_sharded(train_fn, mesh, (rep, rep, rows), rep), donate_argnums=(0,)),
+            jax.jit(_sharded(eval_fn, mesh, (rep, rep, rows), rep), donate_argnums=(1,)))
+
+
 class MemoryFeed:
     """The dataset replicated on every device; ``epoch_loop`` 'scan' runs a whole epoch per call."""
 
     def __init__(self, data: Dataset, mesh: Mesh, settings, epoch_loop: str):
-        from jaxcnn import train
-
         self.mesh, self.settings, self.epoch_loop = mesh, settings, epoch_loop
         self.num_train, self.num_test = data.num_train, data.num_test
         put = functools.partial(_replicated, mesh)
@@ -154,14 +181,7 @@ class MemoryFeed:
         self.test_images, self.test_labels = put(data.test_images), put(data.test_labels)
         self.steps_per_call = settings.steps_per_epoch if epoch_loop == "scan" else 1
         self._eval_steps_per_call = settings.eval_steps if epoch_loop == "scan" else 1
-        rep = P()
-        train_fn = functools.partial(train.train_steps_from_memory, settings=settings,
-                                     num_steps=self.steps_per_call)
-        eval_fn = functools.partial(train.eval_steps_from_memory, settings=settings,
-                                    num_steps=self._eval_steps_per_call)
-        # The state's buffers are reused; the metric sums are not, so the loop can wait on them.
-        self._train_fn = jax.jit(_sharded(train_fn, mesh, (rep,) * 7, rep), donate_argnums=(0,))
-        self._eval_fn = jax.jit(_sharded(eval_fn, mesh, (rep,) * 5, rep), donate_argnums=(1,))
+        self._train_fn, self._eval_fn = memory_programs(mesh, settings, epoch_loop)
         self._permute = jax.jit(input_pipeline.epoch_permutation, static_argnums=(0, 2),
                                 out_shardings=NamedSharding(mesh, P()))
         self._perm_epoch, self._perm = None, None
@@ -212,13 +232,7 @@ class StreamFeed:
                                     jax.process_index(), jax.process_count())
         self.eval_layout = stream.Layout(settings.eval_batch_size, settings.eval_steps,
                                          jax.process_index(), jax.process_count())
-        rep, rows = P(), P(train.AXIS)
-        train_fn = functools.partial(train.train_step_from_stream, settings=settings)
-        eval_fn = functools.partial(train.eval_step_from_stream, settings=settings)
-        self._train_fn = jax.jit(_sharded(train_fn, mesh, (rep, rep, rows), rep),
-                                 donate_argnums=(0,))
-        self._eval_fn = jax.jit(_sharded(eval_fn, mesh, (rep, rep, rows), rep),
-                                donate_argnums=(1,))
+        self._train_fn, self._eval_fn = stream_programs(mesh, settings)
         self._batches = None
         self._next_step = None
         self.wait_seconds = 0.0  # time the loop waited for the host pipeline

@@ -1,11 +1,13 @@
 """Runs an experiment: ``python -m jaxcnn.launch EXPERIMENT.py [--workdir DIR] [--set k=v ...]``.
 
 Loads the experiment file's ``config``, applies ``--set`` overrides, prints the resolved config
-and calls ``jaxcnn.train.train_and_evaluate(config, workdir)``. Mistakes in the input end with one
-paragraph on stderr and exit status 2 (add ``--debug`` for the traceback).
+and calls ``jaxcnn.train.train_and_evaluate(config, workdir)``, holding the workdir's lock (a
+second launch into a workdir in use is refused). Mistakes in the input end with one paragraph on
+stderr and exit status 2 (add ``--debug`` for the traceback).
 """
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -119,29 +121,42 @@ def use_compilation_cache() -> str | None:
     return path
 
 
+def claim_and_train(config: dict, workdir: str, restart: bool) -> None:
+    """Claims the workdir and trains; a workdir this made and left empty is removed on error."""
+    import jax
+
+    from jaxcnn import rundir
+    from jaxcnn.train import train_and_evaluate
+
+    created = not os.path.exists(workdir)
+    try:
+        if jax.process_index() == 0 and rundir.claim(workdir, config, restart):
+            print(f"resuming the run in {workdir}")
+        train_and_evaluate(config, workdir)
+    except UserError:
+        if created and os.path.isdir(workdir) and not os.listdir(workdir):
+            os.rmdir(workdir)  # made by this command and still empty: leave no trace
+        raise
+
+
 def main(argv=None) -> int:
     hostmem.keep_freed_memory()  # before JAX starts its CPU backend; see jaxcnn/hostmem.py
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    created, workdir = False, None
     try:
         config, workdir = prepare(args)
         init_distributed(args)
         use_compilation_cache()
         import jax
 
-        if jax.process_index() == 0:
-            print("config:", json.dumps(config, indent=2))
-
         from jaxcnn import rundir
-        from jaxcnn.train import train_and_evaluate
 
-        created = not os.path.exists(workdir)
-        if jax.process_index() == 0 and rundir.claim(workdir, config, args.restart):
-            print(f"resuming the run in {workdir}")
-        train_and_evaluate(config, workdir)
+        # Process 0 holds the workdir's lock for the whole run, from before it claims the workdir
+        # (so --restart never moves a running run aside): a second launch is refused at once.
+        with rundir.lock(workdir) if jax.process_index() == 0 else contextlib.nullcontext():
+            if jax.process_index() == 0:
+                print("config:", json.dumps(config, indent=2))
+            claim_and_train(config, workdir, args.restart)
     except UserError as e:
-        if created and os.path.isdir(workdir) and not os.listdir(workdir):
-            os.rmdir(workdir)  # made by this command and still empty: leave no trace
         return report(e, args.debug)
     except RunStopped as e:
         print_paragraph(str(e))

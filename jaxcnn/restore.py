@@ -74,9 +74,7 @@ class Restored:
 
 def make_model(config: dict, info: dict):
     """The run's model (a flax Module), as the trainer built it."""
-    model_config = dict(config["model"])
-    name = model_config.pop("name")
-    return models.create_model(name, info["data"]["num_classes"], **model_config)
+    return models.from_config(config["model"], info["data"]["num_classes"])
 
 
 def restore(run_dir: str, which: str = "best") -> Restored:

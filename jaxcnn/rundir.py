@@ -8,10 +8,18 @@
     WORKDIR/model_summary.txt  the per-layer table of the model
     WORKDIR/*.png              plots (see jaxcnn.plot)
     WORKDIR/checkpoints/       Orbax checkpoints (see jaxcnn.checkpoint)
+
+and, beside the workdir while a run is going, WORKDIR.lock: the lock that keeps a second run out
+(see ``lock``). It is a sibling rather than a file inside, so it neither makes a new workdir
+non-empty nor moves with the workdir that --restart renames.
 """
 
+import contextlib
+import fcntl
 import json
 import os
+import socket
+import time
 
 import jax
 import numpy as np
@@ -31,6 +39,76 @@ TENSORBOARD_TAGS = {
 def jsonable(config: dict) -> dict:
     """``config`` as it reads back from JSON (tuples become lists)."""
     return json.loads(json.dumps(config, default=_default))
+
+
+@contextlib.contextmanager
+def lock(workdir: str):
+    """Holds WORKDIR.lock, an OS file lock (``flock``), for the ``with`` block: a second run in
+    the same workdir is refused with a UserError naming the process that holds it.
+
+    The kernel releases the lock when its process ends, however it ends (even ``kill -9``), so
+    a lock file left by a killed run blocks nothing; the pid, host and start time written in it
+    are only for the message.
+    """
+    path = os.path.abspath(workdir) + ".lock"
+    while True:
+        f = _open_lock_file(path, workdir)
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = _holder(f.read())
+            f.close()
+            raise UserError(
+                f"The workdir {workdir!r} is in use by another run: {holder} holds its lock "
+                f"{path}. Wait for that run to end (or stop it), or choose another "
+                "--workdir.") from None
+        except OSError as e:  # a filesystem without locks
+            print(f"WARNING: cannot lock {path} ({e.strerror}): nothing keeps a second run out "
+                  f"of {workdir}.")
+            break
+        if _same_file(f, path):
+            break
+        f.close()  # its holder removed it on finishing, between our open and flock: again
+    f.seek(0)
+    f.truncate()
+    f.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                        "started": time.strftime("%Y-%m-%d %H:%M:%S %z")}) + "\n")
+    f.flush()
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.remove(path)  # before unlocking: a launcher that opened it sees that, and retries
+        f.close()
+
+
+def _open_lock_file(path: str, workdir: str):
+    try:
+        try:
+            return open(path, "a+")  # "a+": never truncates what its holder wrote
+        except FileNotFoundError:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            return open(path, "a+")
+    except OSError as e:
+        raise UserError(f"Cannot write to the workdir {workdir!r}: its lock file {path} cannot be "
+                        f"created beside it ({e.strerror}). Choose a --workdir in a writable "
+                        "folder.") from None
+
+
+def _holder(text: str) -> str:
+    try:
+        info = json.loads(text)
+        return f"process {info['pid']} on {info['host']}, started {info['started']},"
+    except (ValueError, TypeError, KeyError):
+        return "another process (starting up)"
+
+
+def _same_file(f, path: str) -> bool:
+    try:
+        return os.path.samestat(os.fstat(f.fileno()), os.stat(path))
+    except FileNotFoundError:
+        return False
 
 
 def claim(workdir: str, config: dict, restart: bool) -> bool:

@@ -8,30 +8,30 @@ MODEL_OR_EXPERIMENT is a registered model name (``resnet20``) or an experiment f
 constructor arguments (``--set small_input=True``; ``model.`` in front is accepted too). The same
 table comes from ``summary_table(model, (H, W, C))``, and the trainer writes it into each run.
 
-How it is computed: the model is traced once, abstractly (``jax.make_jaxpr`` on shapes only, no
-weights are created), for one image in evaluation mode. A row is
+Columns: the layer's path (``layer1_0/conv1``) and type, output shape (H x W x C, without the
+batch), parameters, FLOPs, and for convolutions and pools ``floor((H + 2P - K)/S) + 1`` with the
+layer's own numbers (``ceil`` for ceil-mode pools), for one image in evaluation mode.
 
-- a leaf Flax module call (Conv, Dense, BatchNorm, a pooling module, ...), in call order, named by
-  its path (``layer1_0/conv1``), with the variables it owns and the operations it runs; or
-- a pooling done by a plain function outside any leaf module (``jaxcnn.models.layers.max_pool``,
-  ``nn.max_pool``), named after the function.
+What Flax gives: the rows are the leaf module calls of Flax's own table (the one behind
+``nn.tabulate``), in call order, with their paths, output shapes and variables. What jaxcnn adds,
+from one abstract trace of the forward pass (``jax.make_jaxpr``, shapes only):
 
-A module whose computation is not its cost (LeNet-5's C3 runs its sparse connections as a dense
-convolution with zero weights) defines ``summary_cost(input_shape, output_shape) -> (FLOPs,
-multiply-accumulates)`` for one image, and its row uses that instead.
-
-Columns: output shape (H x W x C, without the batch), parameters, FLOPs, and for convolutions and
-pools ``floor((H + 2P - K)/S) + 1`` with the layer's own numbers (``ceil`` for ceil-mode pools).
-
-Counts: parameters are the ``params`` collection (trainable) plus other variable collections such
-as LeNet-5's fixed RBF prototypes (non-trainable); BatchNorm running statistics are state, not
-parameters, and are listed on a line of their own. FLOPs are those of one image's forward pass in
-evaluation mode, read off the traced operations: 2 per multiply-accumulate in convolutions and
-dense layers, one per element and operation for element-wise arithmetic (bias, BatchNorm, ReLU,
-residual additions), one per input element of a pooling window. FLOPs outside every row
-(activations and residual additions between layers) are in the total and reported apart. Papers
-and torchvision often quote multiply-accumulates ("FLOPs" of ResNet-50: 4.1 G): the total line
-gives those too.
+- FLOPs: 2 per multiply-accumulate in convolutions and dense layers, one per element and operation
+  for element-wise arithmetic (bias, BatchNorm, ReLU, residual additions), one per input element
+  of a pooling window. FLOPs outside every row (activations and residual additions between
+  layers) are in the total and reported apart, as are the multiply-accumulates that papers and
+  torchvision often quote as "FLOPs" (ResNet-50: 4.1 G). Flax's ``compute_flops`` (XLA's cost
+  analysis) is not used: it skips a convolution's padding taps and counts no multiply-accumulates
+  (LeNet-5: 831,066 FLOPs, against 852,370 counted here). A module whose computation is not its
+  cost (LeNet-5's C3 runs its sparse connections as a dense convolution with zero weights) defines
+  ``summary_cost(input_shape, output_shape) -> (FLOPs, multiply-accumulates)`` for one image.
+- the output-size arithmetic, read off each convolution and pooling operation;
+- rows for poolings done by plain functions (``jaxcnn.models.layers.max_pool``, ``nn.max_pool``),
+  which Flax's table cannot show: they have no module, and are named after the function;
+- the split of parameters: the ``params`` collection is trainable, other collections such as
+  LeNet-5's fixed RBF prototypes are not, and BatchNorm running statistics are state, listed on a
+  line of their own. Modules that evaluation does not call (GoogLeNet's auxiliary heads) get one
+  "training only" row each.
 """
 
 import argparse
@@ -44,8 +44,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax.linen import summary as flax_summary
 
 from jaxcnn.errors import UserError
+from jaxcnn.models.layers import AdaptiveAvgPool
 
 STATS_COLLECTIONS = ("batch_stats",)  # state, not parameters
 
@@ -60,6 +62,8 @@ _REDUCE_WINDOW = frozenset(("reduce_window_max", "reduce_window_min", "reduce_wi
 
 @dataclasses.dataclass
 class Row:
+    """One line of the table: a leaf module, a pooling function or a training-only module."""
+
     name: str
     kind: str
     output_shape: tuple = ()
@@ -92,88 +96,81 @@ class Summary:
 def summarize(model: nn.Module, input_shape) -> Summary:
     """Traces ``model`` on one image of ``input_shape`` (H, W, C) and returns its Summary."""
     input_shape = tuple(int(d) for d in input_shape)
-    x = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
-    variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), x)
+    x, key = jnp.zeros((1, *input_shape), jnp.float32), jax.random.key(0)
+    # The table behind nn.tabulate (which returns only text): every module call of an
+    # initialisation, in call order, with its inputs, outputs and own variables.
+    table = flax_summary._get_module_table(model, depth=None, show_repeated=False, compute_flops=False,
+                                           compute_vjp_flops=False)(key, x, train=False)
+    variables = jax.eval_shape(lambda: model.init(key, x, train=False))
+    called = set()  # module paths that evaluation calls
 
-    calls = []  # [path, module, input shape, output shape] in call order
+    def record(next_fun, args, kwargs, context):
+        called.add(context.module.path)
+        return next_fun(*args, **kwargs)
 
-    def interceptor(next_fun, args, kwargs, context):
-        if context.method_name != "__call__":
-            return next_fun(*args, **kwargs)
-        record = [tuple(context.module.scope.path), context.module,
-                  getattr(args[0], "shape", None) if args else None, None]
-        calls.append(record)
-        out = next_fun(*args, **kwargs)
-        record[3] = out.shape if hasattr(out, "shape") else None
-        return out
+    with nn.intercept_methods(record):
+        jaxpr = jax.make_jaxpr(lambda v, x: model.apply(v, x, train=False))(variables, x).jaxpr
 
-    with nn.intercept_methods(interceptor):
-        closed = jax.make_jaxpr(lambda v, x: model.apply(v, x, train=False))(variables, x)
+    parents = {p[:n] for p in called for n in range(len(p))}
+    leaves = {r.path: (i, r) for i, r in enumerate(table) if r.path in called and r.path not in parents}
+    by_path, unused = {}, {}  # rows of leaf modules; training-only rows
+    for r in table:
+        counts = {c: n for c, (n, _) in r.size_and_bytes(table.collections).items()
+                  if c not in STATS_COLLECTIONS}
+        if r.path in leaves:
+            shape, kind = getattr(r.outputs, "shape", ())[1:], type(r.module_copy).__name__
+            by_path[r.path] = Row("/".join(r.path) or kind, kind, shape, sum(counts.values()),
+                                  counts.get("params", 0))
+            if isinstance(r.module_copy, AdaptiveAvgPool) and len(shape) == 3:
+                h, w = _in_shape(r)[1:3]
+                by_path[r.path].arithmetic = f"adaptive: {h}×{w} → {shape[0]}×{shape[1]}"
+        elif r.path not in called and sum(counts.values()):  # GoogLeNet's auxiliary heads
+            top = next(r.path[:n] for n in range(1, len(r.path) + 1) if r.path[:n] not in called)
+            entry = unused.setdefault(top, Row("/".join(top), "training only"))
+            entry.params += sum(counts.values())
+            entry.trainable += counts.get("params", 0)
 
-    paths = {c[0] for c in calls}
-    leaves = [c for c in calls if not any(len(p) > len(c[0]) and p[:len(c[0])] == c[0] for p in paths)]
-    leaf_index = {c[0]: i for i, c in enumerate(leaves)}
-    root_name = model.name or type(model).__name__
-
-    leaf_rows = [_module_row(c, variables) for c in leaves]
-    order, functional, other = [], [], [0]
-    seen = set()
-    counters = {}
-
-    def owner_of(scope):
-        for n in range(len(scope), -1, -1):
-            if scope[:n] in paths:
-                return scope[:n]
-        return ()
+    ordered = [((i, 0), by_path[p]) for p, (i, _) in leaves.items()]
+    last, other, pools = -1, 0, {}
 
     def visit(eqn, scope, producers):
-        owner = owner_of(scope)
+        nonlocal last, other
+        # The innermost module that runs the operation.
+        owner = next(scope[:n] for n in range(len(scope), -1, -1) if scope[:n] in called or n == 0)
         flops, macs = _cost(eqn)
-        info = _layer_info(eqn, producers)
-        if owner in leaf_index:
-            row = leaf_rows[leaf_index[owner]]
+        window = _window(eqn, producers)
+        if owner in leaves:
+            last, flax_row = leaves[owner]
+            row = by_path[owner]
             row.flops += flops
             row.macs += macs
-            if info and not row.arithmetic:
-                row.arithmetic = _arithmetic(info, leaves[leaf_index[owner]][1])
-            if owner not in seen:
-                seen.add(owner)
-                order.append(("leaf", leaf_index[owner]))
-        elif info and info["kind"] in ("max_pool", "avg_pool"):
-            counters[info["kind"]] = counters.get(info["kind"], 0) + 1
-            name = "/".join(owner + (f"{info['kind']}_{counters[info['kind']]}",))
-            functional.append(Row(name, info["kind"], tuple(info["out"][1:]), flops=flops, macs=macs,
-                                  arithmetic=_arithmetic(info, None)))
-            order.append(("functional", len(functional) - 1))
+            if window and not row.arithmetic:
+                row.arithmetic = _arithmetic(window[1], flax_row.module_copy)
+        elif window and window[0] != "conv":  # a pooling function outside any leaf module
+            kind, dims, out = window
+            pools[kind] = pools.get(kind, 0) + 1
+            row = Row("/".join(owner + (f"{kind}_{pools[kind]}",)), kind, tuple(out[1:]), flops=flops,
+                      macs=macs, arithmetic=_arithmetic(dims))
+            ordered.append(((last, 1, len(ordered)), row))  # after the last leaf module run
         else:
-            other[0] += flops
+            other += flops
 
-    _walk(closed.jaxpr, (), visit, root_name)
-
-    rows, emitted = [], set()
-    for kind, i in order:
-        if kind == "leaf":
-            for j in range(i + 1):
-                if j not in emitted:
-                    emitted.add(j)
-                    rows.append(leaf_rows[j])
-        else:
-            rows.append(functional[i])
-    rows += [leaf_rows[j] for j in range(len(leaves)) if j not in emitted]
-    for row, (path, module, in_shape, out_shape) in zip(leaf_rows, leaves):
-        if hasattr(module, "summary_cost") and in_shape and out_shape:
-            row.flops, row.macs = module.summary_cost(in_shape[1:], out_shape[1:])
-    rows += _unused_rows(variables, paths)
+    _walk(jaxpr, (), visit, model.name or type(model).__name__)
+    for path, (_, r) in leaves.items():
+        if hasattr(r.module_copy, "summary_cost") and by_path[path].output_shape:
+            cost = r.module_copy.summary_cost(_in_shape(r)[1:], by_path[path].output_shape)
+            by_path[path].flops, by_path[path].macs = cost
+    rows = [row for _, row in sorted(ordered, key=lambda entry: entry[0])] + list(unused.values())
 
     trainable = _count(variables.get("params", {}))
     non_trainable = sum(_count(v) for k, v in variables.items() if k != "params" and k not in STATS_COLLECTIONS)
-    total_flops = sum(r.flops for r in rows) + other[0]
+    total_flops = sum(r.flops for r in rows) + other
     return Summary(
         model=type(model).__name__, input_shape=input_shape, rows=rows,
         total_params=trainable + non_trainable, trainable_params=trainable,
         non_trainable_params=non_trainable,
         state_count=sum(_count(variables.get(k, {})) for k in STATS_COLLECTIONS),
-        total_flops=total_flops, total_macs=sum(r.macs for r in rows), other_flops=other[0])
+        total_flops=total_flops, total_macs=sum(r.macs for r in rows), other_flops=other)
 
 
 def summary_table(model: nn.Module, input_shape) -> str:
@@ -181,36 +178,42 @@ def summary_table(model: nn.Module, input_shape) -> str:
     return str(summarize(model, input_shape))
 
 
-# -- tracing ---------------------------------------------------------------------------------------
+# -- FLOPs and windows, from the traced operations -------------------------------------------------
 
-def _walk(jaxpr, outer_scope, visit, root_name):
-    producers = {}
+def _walk(jaxpr, outer_scope, visit, root_name, producers=None):
+    """Calls ``visit(eqn, module path, producers)`` for every operation, inside nested jaxprs too;
+    ``producers`` maps a variable's id to the operation that computed it."""
+    producers = producers or {}
     for eqn in jaxpr.eqns:
         stack = tuple(s for s in str(eqn.source_info.name_stack).split("/") if s)
         if not outer_scope and stack and stack[0] == root_name:
             stack = stack[1:]
         scope = outer_scope + stack
-        subs = list(_sub_jaxprs(eqn))
+        subs = [s for v in eqn.params.values() for s in (v if isinstance(v, (list, tuple)) else (v,))
+                if hasattr(getattr(s, "jaxpr", s), "eqns")]
         if subs and eqn.primitive.name not in ("conv_general_dilated", "dot_general"):
-            for sub in subs:
-                _walk(sub, scope, visit, root_name)
+            for sub in (getattr(s, "jaxpr", s) for s in subs):
+                # A sub-jaxpr's inputs are the operation's own (where their numbers agree).
+                pairs = zip(sub.invars, eqn.invars) if len(sub.invars) == len(eqn.invars) else ()
+                inner = {**producers, **{id(i): producers.get(id(o)) for i, o in pairs}}
+                _walk(sub, scope, visit, root_name, inner)
         else:
             visit(eqn, scope, producers)
         for v in eqn.outvars:
             producers[id(v)] = eqn
 
 
-def _sub_jaxprs(eqn):
-    for value in eqn.params.values():
-        for item in value if isinstance(value, (list, tuple)) else (value,):
-            if hasattr(item, "jaxpr") and hasattr(item.jaxpr, "eqns"):
-                yield item.jaxpr
-            elif hasattr(item, "eqns"):
-                yield item
-
-
 def _size(shape) -> int:
     return int(np.prod(shape)) if shape else 1
+
+
+def _count(tree) -> int:
+    return sum(_size(x.shape) for x in jax.tree.leaves(tree))
+
+
+def _in_shape(row) -> tuple:
+    """The shape of the first array a Flax table row's module was called with."""
+    return next(a.shape for a in jax.tree.leaves(row.inputs) if hasattr(a, "shape"))
 
 
 def _cost(eqn) -> tuple[int, int]:
@@ -220,148 +223,65 @@ def _cost(eqn) -> tuple[int, int]:
     if name == "conv_general_dilated":
         rhs = eqn.invars[1].aval.shape
         spec = eqn.params["dimension_numbers"].rhs_spec  # (out feature, in feature, spatial...)
-        per_output = rhs[spec[1]] * _size([rhs[d] for d in spec[2:]])
-        macs = _size(out) * per_output
+        macs = _size(out) * rhs[spec[1]] * _size([rhs[d] for d in spec[2:]])
         return 2 * macs, macs
     if name == "dot_general":
         (contract, _), _ = eqn.params["dimension_numbers"]
-        lhs = eqn.invars[0].aval.shape
-        macs = _size(out) * _size([lhs[d] for d in contract])
+        macs = _size(out) * _size([eqn.invars[0].aval.shape[d] for d in contract])
         return 2 * macs, macs
     if name in _REDUCE_WINDOW:
         return _size(out) * _size(eqn.params["window_dimensions"]), 0
     if name in _REDUCE:
         return _size(eqn.invars[0].aval.shape), 0
-    if name in _ELEMENTWISE:
-        return _size(out), 0
-    return 0, 0
+    return (_size(out) if name in _ELEMENTWISE else 0), 0
 
 
-def _layer_info(eqn, producers):
-    """Window arithmetic of a convolution or pooling primitive, else None."""
-    name = eqn.primitive.name
+def _window(eqn, producers):
+    """(kind, dims, output shape) of a convolution or pooling operation, else None; ``dims`` holds
+    (size, kernel, stride, (low, high) padding, dilation, output size) per spatial dimension."""
+    if not eqn.invars or not eqn.outvars:
+        return None
+    name, p = eqn.primitive.name, eqn.params
+    shape, out = eqn.invars[0].aval.shape, eqn.outvars[0].aval.shape
     if name == "conv_general_dilated":
-        dn = eqn.params["dimension_numbers"]
-        lhs, rhs = eqn.invars[0].aval.shape, eqn.invars[1].aval.shape
-        out = eqn.outvars[0].aval.shape
-        dims = [dict(size=lhs[d], kernel=rhs[k], stride=s, pad=tuple(p), dilation=dl)
-                for d, k, s, p, dl in zip(dn.lhs_spec[2:], dn.rhs_spec[2:], eqn.params["window_strides"],
-                                          eqn.params["padding"], eqn.params["rhs_dilation"])]
-        outs = [out[d] for d in dn.out_spec[2:]]
-        return {"kind": "conv", "dims": dims, "outs": outs, "out": _nhwc(out, dn.out_spec)}
-    if name in _REDUCE_WINDOW:
-        shape = eqn.invars[0].aval.shape
-        out = eqn.outvars[0].aval.shape
-        if len(shape) != 4:
-            return None
-        window, strides = eqn.params["window_dimensions"], eqn.params["window_strides"]
-        dims = [dict(size=shape[d], kernel=window[d], stride=strides[d], pad=tuple(eqn.params["padding"][d]),
-                     dilation=eqn.params["window_dilation"][d]) for d in (1, 2)]
-        kind = "avg_pool" if "sum" in name else "max_pool"
-        return {"kind": kind, "dims": dims, "outs": [out[1], out[2]], "out": out}
-    if name in ("reduce_max", "reduce_sum") and tuple(eqn.params["axes"]) == (2, 4):
-        shape = eqn.invars[0].aval.shape  # [N, Ho, K, Wo, K, C]: a window reshape
-        if len(shape) != 6:
-            return None
-        size = [shape[1] * shape[2], shape[3] * shape[4]]
-        source = producers.get(id(eqn.invars[0]))
-        if source is not None and source.primitive.name == "reshape":
-            before = producers.get(id(source.invars[0]))
-            if before is not None and before.primitive.name == "slice":
-                size = list(before.invars[0].aval.shape[1:3])
-        dims = [dict(size=size[i], kernel=shape[2 + 2 * i], stride=shape[2 + 2 * i], pad=(0, 0), dilation=1)
-                for i in range(2)]
-        out = eqn.outvars[0].aval.shape
-        kind = "max_pool" if name == "reduce_max" else "avg_pool"
-        return {"kind": kind, "dims": dims, "outs": [out[1], out[2]], "out": out}
+        dn, kernel = p["dimension_numbers"], eqn.invars[1].aval.shape
+        return "conv", list(zip([shape[d] for d in dn.lhs_spec[2:]], [kernel[d] for d in dn.rhs_spec[2:]],
+                                p["window_strides"], p["padding"], p["rhs_dilation"],
+                                [out[d] for d in dn.out_spec[2:]])), out
+    kind = "avg_pool" if "sum" in name else "max_pool"
+    if name in _REDUCE_WINDOW and len(out) == 4:  # nn.max_pool, nn.avg_pool
+        return kind, [(shape[d], p["window_dimensions"][d], p["window_strides"][d], p["padding"][d],
+                       p["window_dilation"][d], out[d]) for d in (1, 2)], out
+    if name in ("reduce_max", "reduce_sum") and len(shape) == 6 and tuple(p["axes"]) == (2, 4):
+        # jaxcnn's own pools (layers.max_pool, LeNet-5's subsampling) reduce their input cut to
+        # whole windows and reshaped to [N, Ho, K, Wo, K, C].
+        size = (shape[1] * shape[2], shape[3] * shape[4])
+        reshape = producers.get(id(eqn.invars[0]))
+        cut = reshape and reshape.primitive.name == "reshape" and producers.get(id(reshape.invars[0]))
+        if cut and cut.primitive.name == "slice":
+            size = cut.invars[0].aval.shape[1:3]
+        windows = (shape[2], shape[4])
+        return kind, [(size[i], windows[i], windows[i], (0, 0), 1, out[i + 1]) for i in (0, 1)], out
     return None
 
 
-def _nhwc(shape, spec):
-    return tuple(shape[d] for d in (spec[0], *spec[2:], spec[1]))
-
-
-def _arithmetic(info, module) -> str:
+def _arithmetic(dims, module=None) -> str:
     """'⌊(28 + 2·2 − 5)/1⌋ + 1 = 28' for each spatial dimension (once when they agree)."""
-    from jaxcnn.models.common import AdaptiveAvgPool
-
-    if isinstance(module, AdaptiveAvgPool):
-        return ""  # filled in by _module_row
-    ceil = bool(getattr(module, "ceil_mode", False))
+    ceil = bool(getattr(module, "ceil_mode", False))  # jaxcnn's MaxPool: PyTorch's ceil mode
     texts = []
-    for d, out in zip(info["dims"], info["outs"]):
-        lo, hi = d["pad"]
+    for size, kernel, stride, (lo, hi), dilation, out in dims:
         if ceil:
-            lo = hi = getattr(module, "padding", 0)
+            lo = hi = module.padding
         pad = f"2·{lo}" if lo == hi else f"{lo} + {hi}"
-        span = (f"{d['dilation']}·({d['kernel']} − 1) − 1" if d["dilation"] > 1
-                else f"{d['kernel']}")
-        inner = f"({d['size']} + {pad} − {span})/{d['stride']}"
-        if ceil:
-            text = f"⌈{inner}⌉ + 1"
-            numerator = d["size"] + 2 * lo - d["kernel"]
-            if -(-numerator // d["stride"]) + 1 != out:
-                text += " − 1"  # PyTorch: the last window may not start in the right padding
-        else:
-            text = f"⌊{inner}⌋ + 1"
+        span = f"{dilation}·({kernel} − 1) − 1" if dilation > 1 else f"{kernel}"
+        inner = f"({size} + {pad} − {span})/{stride}"
+        text = f"⌈{inner}⌉ + 1" if ceil else f"⌊{inner}⌋ + 1"
+        if ceil and -(-(size + 2 * lo - kernel) // stride) + 1 != out:
+            text += " − 1"  # PyTorch: the last window may not start inside the right padding
         texts.append(f"{text} = {out}")
-    if len(texts) == 2 and texts[0] == texts[1]:
-        return texts[0]
-    return "H: " + texts[0] + "; W: " + texts[1] if len(texts) == 2 else "; ".join(texts)
-
-
-def _module_row(call, variables) -> Row:
-    from jaxcnn.models.common import AdaptiveAvgPool
-
-    path, module, in_shape, out_shape = call
-    params = trainable = 0
-    for collection, tree in variables.items():
-        if collection in STATS_COLLECTIONS:
-            continue
-        node = _get(tree, path)
-        if isinstance(node, dict):
-            n = sum(_size(v.shape) for v in node.values() if not isinstance(v, dict))
-            params += n
-            trainable += n if collection == "params" else 0
-    row = Row("/".join(path) or type(module).__name__, type(module).__name__,
-              tuple(out_shape[1:]) if out_shape else (), params, trainable)
-    if isinstance(module, AdaptiveAvgPool) and in_shape and out_shape:
-        row.arithmetic = (f"adaptive: {in_shape[1]}×{in_shape[2]} → {out_shape[1]}×{out_shape[2]}"
-                          if len(out_shape) == 4 else "")
-    return row
-
-
-def _unused_rows(variables, called_paths) -> list:
-    """Rows for variables of modules the evaluation pass does not call (GoogLeNet's aux heads)."""
-    found = {}
-
-    def visit(tree, path, collection):
-        if path and path not in called_paths:
-            count = _count(tree)
-            entry = found.setdefault(path, [0, 0])
-            entry[0] += count
-            entry[1] += count if collection == "params" else 0
-            return
-        for key, value in tree.items():
-            if isinstance(value, dict):
-                visit(value, path + (key,), collection)
-
-    for collection, tree in variables.items():
-        if collection not in STATS_COLLECTIONS:
-            visit(tree, (), collection)
-    return [Row("/".join(p), "training only", (), n, t) for p, (n, t) in found.items()]
-
-
-def _get(tree, path):
-    for key in path:
-        if not isinstance(tree, dict) or key not in tree:
-            return None
-        tree = tree[key]
-    return tree
-
-
-def _count(tree) -> int:
-    return sum(_size(x.shape) for x in jax.tree.leaves(tree))
+    if len(texts) == 2:
+        return texts[0] if texts[0] == texts[1] else f"H: {texts[0]}; W: {texts[1]}"
+    return "; ".join(texts)
 
 
 # -- formatting ------------------------------------------------------------------------------------
@@ -440,10 +360,7 @@ def build(target: str, input_text: str | None = None, num_classes: int | None = 
         kwargs[path[0]] = value
     if target.endswith(".py") or os.path.isfile(target):
         config = config_lib.resolve(config_lib.load_experiment(target))
-        model_config = dict(config["model"])
-        name = model_config.pop("name")
-        model_config.update(kwargs)
-        kwargs = model_config
+        model_config = {**config["model"], **kwargs}
         dataset = config["data"]["dataset"]
         known = DATASET_SHAPES.get(dataset)
         if known is None and (input_text is None or num_classes is None):
@@ -451,16 +368,15 @@ def build(target: str, input_text: str | None = None, num_classes: int | None = 
                             "here: give --input H,W,C and --num-classes N.")
         shape = _parse_input(input_text) if input_text else known[0]
         classes = num_classes or known[1]
-        label = f"{name} ({os.path.basename(target)})"
+        label = f"{model_config['name']} ({os.path.basename(target)})"
     else:
-        name = target
-        if name not in models.MODELS:
-            models.create_model(name, 10)  # raises the UserError naming the valid models
-        native_shape, native_classes = models.native_input(name)
+        model_config = {"name": target, **kwargs}
+        models.check_config(model_config)  # a UserError for an unknown name, before native_input
+        native_shape, native_classes = models.native_input(model_config["name"])
         shape = _parse_input(input_text) if input_text else native_shape
         classes = num_classes or native_classes
-        label = name
-    return models.create_model(name, classes, **kwargs), shape, label
+        label = model_config["name"]
+    return models.from_config(model_config, classes), shape, label
 
 
 def main(argv=None) -> int:

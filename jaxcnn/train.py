@@ -86,6 +86,9 @@ def train_step(state: TrainState, batch, axis_name: str | None = None,
         out, updates = state.apply_fn(variables, batch["image"], train=True,
                                       rngs={"dropout": key}, mutable=["batch_stats"])
         logits, aux_logits = out if isinstance(out, tuple) else (out, ())
+        # The loss in float32 whatever the compute dtype (precision: bfloat16).
+        logits = logits.astype(jnp.float32)
+        aux_logits = [a.astype(jnp.float32) for a in aux_logits]
         loss = cross_entropy(logits, batch["label"], label_smoothing).mean()
         total = loss + sum(aux_loss_weight * cross_entropy(a, batch["label"], label_smoothing).mean()
                            for a in aux_logits)
@@ -108,7 +111,7 @@ def train_step(state: TrainState, batch, axis_name: str | None = None,
 def eval_step(state: TrainState, batch, axis_name: str | None = None):
     """Summed test metrics of ``batch`` (with 'mask': bool [B], False for padding examples)."""
     logits = state.apply_fn({"params": state.params, "batch_stats": state.batch_stats},
-                            batch["image"], train=False)
+                            batch["image"], train=False).astype(jnp.float32)
     mask = batch["mask"]
     labels = batch["label"]
     metrics = {
@@ -144,6 +147,22 @@ class StepSettings:
     aux_loss_weight: float = 0.3
     crop_padding: int = 0  # on-device augmentation of the memory feed
     flip: bool = False
+
+    @classmethod
+    def of(cls, config: dict, *, num_train: int, num_test: int, num_devices: int,
+           image_shape, normalize: input_pipeline.Normalization, streaming: bool) -> "StepSettings":
+        """The settings of ``config`` for a dataset of these sizes on ``num_devices`` devices
+        (the evaluation batch rounded up to a multiple of the device count)."""
+        batch_size, d = config["batch_size"], config["data"]
+        eval_batch_size = math.ceil(config["eval_batch_size"] / num_devices) * num_devices
+        return cls(
+            seed=config["seed"], batch_size=batch_size, eval_batch_size=eval_batch_size,
+            num_devices=num_devices, steps_per_epoch=num_train // batch_size,
+            eval_steps=math.ceil(num_test / eval_batch_size), epochs=config["epochs"],
+            num_test=num_test, image_shape=tuple(image_shape), normalize=normalize,
+            label_smoothing=config["label_smoothing"], aux_loss_weight=config["aux_loss_weight"],
+            crop_padding=0 if streaming else d["crop_padding"],
+            flip=False if streaming else d["flip"])
 
 
 def guarded_train_step(state: TrainState, sums: dict, batch, settings: StepSettings):
@@ -236,6 +255,19 @@ def _add(a, b):
     return jax.tree.map(jnp.add, a, b)
 
 
+def zero_sums(state: TrainState, eval_batch_size: int, image_shape) -> tuple[dict, dict]:
+    """The metric sums a train epoch and an evaluation start from (NumPy zeros; the eval sums'
+    structure, with or without top-5, comes from tracing ``eval_step``)."""
+    train_zero = {"loss": np.float32(0), "correct": np.int32(0), "count": np.int32(0),
+                  "first_bad_step": np.int32(-1)}
+    batch = {"image": jax.ShapeDtypeStruct((eval_batch_size, *image_shape), jnp.float32),
+             "label": jax.ShapeDtypeStruct((eval_batch_size,), jnp.int32),
+             "mask": jax.ShapeDtypeStruct((eval_batch_size,), jnp.bool_)}
+    eval_zero = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype),
+                             jax.eval_shape(eval_step, state, batch))
+    return train_zero, eval_zero
+
+
 # -- the Trainer -------------------------------------------------------------------------------
 
 class Trainer:
@@ -261,7 +293,6 @@ class Trainer:
             raise UserError(
                 f"batch_size {batch_size} is larger than the {self.num_train} training examples: "
                 "lower batch_size.")
-        eval_batch_size = math.ceil(config["eval_batch_size"] / self.num_devices) * self.num_devices
         self.streaming = isinstance(data, datasets.StreamingDataset)
         self.pipeline = "stream" if self.streaming else "memory"
         self.epoch_loop = self._choose_epoch_loop(config["epoch_loop"])
@@ -273,17 +304,12 @@ class Trainer:
             self.normalize = input_pipeline.Normalization(mean, std)
         else:
             self.normalize = input_pipeline.Normalization.of(data.train_images)
-        self.settings = StepSettings(
-            seed=config["seed"], batch_size=batch_size, eval_batch_size=eval_batch_size,
-            num_devices=self.num_devices, steps_per_epoch=self.steps_per_epoch,
-            eval_steps=math.ceil(self.num_test / eval_batch_size), epochs=config["epochs"],
-            num_test=self.num_test, image_shape=image_shape, normalize=self.normalize,
-            label_smoothing=config["label_smoothing"], aux_loss_weight=config["aux_loss_weight"],
-            crop_padding=0 if self.streaming else d["crop_padding"],
-            flip=False if self.streaming else d["flip"])
+        self.settings = StepSettings.of(
+            config, num_train=self.num_train, num_test=self.num_test, num_devices=self.num_devices,
+            image_shape=image_shape, normalize=self.normalize, streaming=self.streaming)
+        eval_batch_size = self.settings.eval_batch_size
 
-        self.model = models.create_model(config["model"]["name"], data.num_classes,
-                                         **{k: v for k, v in config["model"].items() if k != "name"})
+        self.model = models.from_config(config["model"], data.num_classes, config["precision"])
         # Inside the step BatchNorm averages its statistics over the mesh axis (the global batch).
         step_model = self.model.clone(axis_name=AXIS) if hasattr(self.model, "axis_name") else self.model
         self.schedule = optim.make_schedule(config, self.steps_per_epoch)
@@ -297,13 +323,7 @@ class Trainer:
             self.feed = feed.StreamFeed(data, mesh, self.settings, augmentation, workers)
         else:
             self.feed = feed.MemoryFeed(data, mesh, self.settings, self.epoch_loop)
-        self._train_sums0 = {"loss": np.float32(0), "correct": np.int32(0), "count": np.int32(0),
-                             "first_bad_step": np.int32(-1)}
-        dummy_eval = {"image": jnp.zeros((eval_batch_size, *image_shape)),
-                      "label": jnp.zeros((eval_batch_size,), jnp.int32),
-                      "mask": jnp.zeros((eval_batch_size,), bool)}
-        self._eval_sums0 = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype),
-                                        jax.eval_shape(lambda: eval_step(state, dummy_eval)))
+        self._train_sums0, self._eval_sums0 = zero_sums(state, eval_batch_size, image_shape)
         start = time.perf_counter()
         self.feed.compile(self.state, self.zero_sums(), feed._replicated(mesh, self._eval_sums0))
         self.compile_seconds = time.perf_counter() - start

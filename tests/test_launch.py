@@ -48,6 +48,17 @@ def test_shipped_experiments_resolve():
     assert fashion["data"]["dataset"] == "fashion_mnist" and fashion["model"]["name"] == "lenet5"
 
 
+def test_extend_reads_the_base_file_beside_the_calling_file(tmp_path, monkeypatch):
+    folder = tmp_path / "exps"
+    folder.mkdir()
+    write(folder, "config = {'name': 'base', 'epochs': 3, 'data': {'flip': True}}\n", "base.py")
+    path = write(folder, "from jaxcnn.config import extend\n"
+                         "config = extend(__file__, 'base.py', {'data': {'crop_padding': 4}})\n")
+    monkeypatch.chdir(tmp_path)  # the base file is found beside exp.py, not in the cwd
+    assert config_lib.load_experiment(os.path.join("exps", "exp.py")) == {
+        "epochs": 3, "data": {"flip": True, "crop_padding": 4}}  # the base's name is dropped
+
+
 def test_set_parses_literals_and_bare_words_never_code():
     assert config_lib.parse_set("optimizer.learning_rate=0.01") == (["optimizer", "learning_rate"], 0.01)
     assert config_lib.parse_set("model.cdims=(8, 16)") == (["model", "cdims"], [8, 16])

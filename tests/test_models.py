@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from jaxcnn.errors import UserError
-from jaxcnn.models import MODELS, create_model
+from jaxcnn.models import MODELS, check_config, create_model, from_config, model_options
 from jaxcnn.models.layers import Dropout, max_pool
 
 
@@ -155,3 +155,51 @@ def test_unknown_model_and_unknown_argument_are_user_errors():
     with pytest.raises(UserError, match="model.cdim.*Did you mean 'cdims'"):
         create_model("cnn", 10, cdim=(32,))
     assert set(MODELS) >= {"lenet5", "cnn"}
+
+
+def test_from_config_builds_the_experiments_model_and_leaves_the_config_alone():
+    model_config = {"name": "cnn", "cdims": [8], "dropout": 0.1}
+    model = from_config(model_config, 7)
+    assert (type(model).__name__, model.num_classes, list(model.cdims), model.dropout) == ("CNN", 7, [8], 0.1)
+    assert model_config == {"name": "cnn", "cdims": [8], "dropout": 0.1}
+    with pytest.raises(UserError, match="model.name must be a string"):
+        from_config({"cdims": [8]}, 10)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_check_config_accepts_every_model_with_its_defaults(name):
+    check_config({"name": name, **model_options(name)})
+
+
+BAD_MODEL_SETTINGS = [
+    ({"name": "lenet"}, "Unknown model 'lenet'.*Did you mean 'lenet5'"),
+    ({"name": "cnn", "cdim": [8]}, "Unknown setting model.cdim .*Did you mean 'cdims'"),
+    ({"name": "cnn", "dropout": 1.0}, r"^model.dropout must be a number in \[0, 1\), got 1.0.$"),
+    ({"name": "cnn", "cdims": [32, 0]}, r"model.cdims must be a list of positive integers.*got \[32, 0\]"),
+    ({"name": "cnn", "cdims": 32}, r"model.cdims must be a list of positive integers.*got 32"),
+    ({"name": "cnn", "hdims": [1.5]}, r"model.hdims must be a list of positive integers"),
+    ({"name": "cnn", "ksize": 0}, r"^model.ksize must be a positive integer, got 0.$"),
+    ({"name": "lenet5", "conv1_padding": -1}, r"model.conv1_padding must be a non-negative integer, got -1"),
+    ({"name": "lenet5_classic", "conv1_padding": 1.5}, r"model.conv1_padding must be a non-negative integer"),
+    ({"name": "vgg11", "fc_width": 0}, r"model.fc_width must be a positive integer, got 0"),
+    ({"name": "alexnet_original", "fc_width": True}, r"model.fc_width must be a positive integer, got True"),
+    ({"name": "googlenet", "dropout_aux": 1}, r"model.dropout_aux must be a number in \[0, 1\), got 1"),
+    ({"name": "googlenet", "branch3_kernel": 4}, r"model.branch3_kernel must be 3 .* or 5"),
+    ({"name": "resnet18", "num_filters": 0}, r"model.num_filters must be a positive integer, got 0"),
+    ({"name": "resnet20", "shortcut": "B"}, r"model.shortcut must be one of 'A', 'projection', got 'B'"),
+    ({"name": "resnet20", "widths": []}, r"model.widths must be a list of positive integers, not empty"),
+]
+
+
+@pytest.mark.parametrize("model_config,message", BAD_MODEL_SETTINGS)
+def test_check_config_refuses_bad_settings_without_data(model_config, message):
+    with pytest.raises(UserError, match=message):
+        check_config(model_config)
+
+
+@pytest.mark.parametrize("name", [name for name in sorted(MODELS) if "dropout" in model_options(name)])
+def test_every_model_with_dropout_checks_the_rate(name):
+    for bad in (1.0, 1, -0.1, float("nan"), "0.5", True, None):
+        with pytest.raises(UserError, match=r"^model.dropout must be a number in \[0, 1\), got "):
+            check_config({"name": name, "dropout": bad})
+    check_config({"name": name, "dropout": 0})

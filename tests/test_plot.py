@@ -3,13 +3,15 @@
 import os
 import shutil
 import struct
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from jaxcnn import console, events, plot, rundir
+from jaxcnn import console, plot, rundir
 from jaxcnn.models import create_model
 from jaxcnn.restore import restore
 
@@ -116,8 +118,7 @@ def test_a_failing_plot_does_not_lose_the_run(tmp_path):
 # -- TensorBoard ------------------------------------------------------------------------------
 
 def read_events(path):
-    """The Event protobufs of a TFRecord file, checking both CRCs of every record with
-    tensorboardX's own implementations (independent of jaxcnn.events)."""
+    """The Event protobufs of a TFRecord file, checking both CRCs of every record."""
     from tensorboardX.crc32c import crc32c
     from tensorboardX.proto.event_pb2 import Event
 
@@ -155,7 +156,22 @@ def scalars_as_tensorboard_shows_them(workdir):
 
 
 def test_crc32c_check_value():
-    assert events.crc32c(b"123456789") == 0xE3069283
+    from tensorboardX.crc32c import crc32c  # what read_events checks the records with
+
+    assert crc32c(b"123456789") == 0xE3069283
+
+
+def test_event_files_are_written_without_importing_torch(tmp_path):
+    """tensorboardX is imported only when a run writes its first event file, and without torch
+    (which tensorboardX would import where it is installed: 1-2 s and 190 MB)."""
+    code = ("import sys; import jaxcnn; from jaxcnn import events\n"
+            "assert 'tensorboardX' not in sys.modules\n"
+            f"events.EventFile({str(tmp_path)!r}, 1).add_scalars(1, {{'loss/train': 0.5}})\n"
+            "assert 'torch' not in sys.modules\n")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+    files = [f for f in os.listdir(tmp_path) if ".tfevents." in f]
+    assert scalars_as_tensorboard_shows_them(tmp_path) == {"loss/train": [(1, 0.5)]}
+    assert len(files) == 1 and read_events(tmp_path / files[0])[1].session_log.status == 1
 
 
 def test_the_runs_metrics_are_in_its_event_file(tiny_run):

@@ -101,6 +101,13 @@ def test_functional_pools_in_any_module_get_rows():
     assert rows["avg_pool_1"].output_shape == (2, 2, 4)
 
 
+def test_pools_show_the_input_size_before_the_cut_to_whole_windows():
+    # LeNet-5 on 30x30: conv2 gives 11x11, and the 2x2 pool drops the last row and column.
+    rows = rows_by_name(summarize(create_model("lenet5", 10), (30, 30, 1)))
+    assert rows["max_pool_2"].arithmetic == "⌊(11 + 2·0 − 2)/2⌋ + 1 = 5"
+    assert rows["max_pool_2"].output_shape == (5, 5, 16)
+
+
 def test_cli_prints_the_table_for_a_model_and_for_an_experiment(capsys):
     assert main(["resnet20"]) == 0
     out = capsys.readouterr().out

@@ -18,7 +18,7 @@ import pytest
 
 from jaxcnn.errors import UserError
 from jaxcnn.models import MODELS, create_model, model_options, native_input
-from jaxcnn.models.common import AdaptiveAvgPool, LocalResponseNorm, MaxPool, pool_output_size
+from jaxcnn.models.layers import AdaptiveAvgPool, Dropout, LocalResponseNorm, MaxPool, pool_output_size
 from jaxcnn.models.lenet_classic import C3_TABLE, SparseConv
 from jaxcnn.models.resnet_cifar import CifarBlock
 
@@ -229,10 +229,45 @@ def test_bfloat16_models_return_float32_logits():
         assert out.dtype == jnp.float32
 
 
-def test_batchnorm_models_take_an_axis_name_and_the_registry_lists_every_model():
-    for name in ("vgg11_bn", "googlenet", "resnet18", "resnet20", "resnet14"):
-        assert "axis_name" not in model_options(name)
-        assert create_model(name, 10).clone(axis_name="data").axis_name == "data"
+def _cheap(name):
+    """A small configuration of model ``name`` and an input shape for it (ImageNet nets:
+    ``small_input`` at 32x32, narrow fc layers), so that tracing it is fast."""
+    options = model_options(name)
+    kwargs = {key: value for key, value in (("small_input", True), ("fc_width", 16)) if key in options}
+    (h, w, c), _ = native_input(name)
+    return create_model(name, 10, **kwargs), (1, 32, 32, 3) if "small_input" in options else (1, h, w, c)
+
+
+def _batch_layers(model, shape) -> dict:
+    """{path: axis_name} of every BatchNorm and Dropout layer that ``model.init`` calls (traced
+    abstractly): the layers whose result depends on the rest of the batch."""
+    found = {}
+
+    def record(next_fun, args, kwargs, context):
+        if isinstance(context.module, (nn.BatchNorm, Dropout)) and context.method_name == "__call__":
+            found["/".join(context.module.path)] = context.module.axis_name
+        return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(record):
+        abstract_variables(model, shape)
+    return found
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_every_batchnorm_and_dropout_layer_sees_the_device_axis(name):
+    # The trainer runs model.clone(axis_name=AXIS) on each device's part of the global batch:
+    # BatchNorm must average its statistics and dropout draw its masks over that axis, or 1 and
+    # N devices train differently. Models without such layers need no axis_name.
+    assert "axis_name" not in model_options(name)  # set by the framework, not by experiments
+    model, shape = _cheap(name)
+    if not hasattr(model, "axis_name"):
+        assert _batch_layers(model, shape) == {}
+        return
+    layers = _batch_layers(model.clone(axis_name="data"), shape)
+    assert layers and set(layers.values()) == {"data"}, layers
+
+
+def test_the_registry_lists_every_model():
     assert set(MODELS) >= {"lenet5_classic", "alexnet", "alexnet_original", "googlenet", "resnet14",
                            *TORCHVISION_COUNTS, *CIFAR_COUNTS}
     assert native_input("resnet20") == ((32, 32, 3), 10) and native_input("vgg16") == ((224, 224, 3), 1000)

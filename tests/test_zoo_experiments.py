@@ -14,7 +14,7 @@ import pytest
 
 from jaxcnn import config as config_lib
 from jaxcnn import optim
-from jaxcnn.models import create_model
+from jaxcnn.models import from_config
 from jaxcnn.train import create_train_state, train_step
 
 EXPERIMENTS = os.path.join(os.path.dirname(__file__), "..", "experiments")
@@ -45,8 +45,7 @@ def test_every_model_family_has_a_fashion_and_a_cifar10_experiment():
 def test_cifar10_experiments_resolve_and_build(name):
     config = config_lib.resolve(config_lib.load_experiment(os.path.join(EXPERIMENTS, name)))
     assert config["data"]["dataset"] == "cifar10"
-    model_config = dict(config["model"])
-    model = create_model(model_config.pop("name"), 10, **model_config)
+    model = from_config(config["model"], 10)
     x = jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32)
     out = jax.eval_shape(lambda x: model.apply(model.init(jax.random.key(0), x), x), x)
     assert out.shape == (2, 10)
@@ -57,14 +56,12 @@ def test_fashion_experiment_takes_two_finite_training_steps(name, fast_compile):
     experiment = config_lib.load_experiment(os.path.join(EXPERIMENTS, name))
     full = config_lib.resolve(experiment)
     assert full["data"]["dataset"] == "fashion_mnist"
-    model_config = dict(full["model"])
-    model = create_model(model_config.pop("name"), 10, **model_config)
+    model = from_config(full["model"], 10)
     x = jax.ShapeDtypeStruct((8, 28, 28, 1), jnp.float32)
     assert jax.eval_shape(lambda x: model.apply(model.init(jax.random.key(0), x), x), x).shape == (8, 10)
 
     config = config_lib.resolve(experiment, ["batch_size=8", *TINY.get(name, [])])
-    model_config = dict(config["model"])
-    model = create_model(model_config.pop("name"), 10, **model_config)
+    model = from_config(config["model"], 10)
     tx = optim.make_optimizer(config, optim.make_schedule(config, 10))
     state = create_train_state(model, tx, (28, 28, 1), config["seed"])
     k1, k2 = jax.random.split(jax.random.key(1))
@@ -91,8 +88,7 @@ def test_streamed_imagenet_style_experiments_resolve_and_build(name, num_classes
     assert config["optimizer"]["name"] == "momentum" and config["optimizer"]["weight_decay"] == 1e-4
     assert config["optimizer"]["learning_rate"] == pytest.approx(0.1 * config["batch_size"] / 256)
     assert config["schedule"]["name"] == "warmup_cosine" and config["label_smoothing"] == 0.1
-    model_config = dict(config["model"])
-    model = create_model(model_config.pop("name"), num_classes, **model_config)
+    model = from_config(config["model"], num_classes)
     x = jax.ShapeDtypeStruct((2, 224, 224, 3), jnp.float32)
     variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), x)
     logits = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, x)

@@ -2,7 +2,9 @@
 
 Every model is a ``flax.linen`` Module taking NHWC images and returning logits:
 ``model.apply(variables, x, train=False) -> [N, num_classes]``. To add a model, write its
-Module in a file of its own in this package and add its name here.
+Module in a file of its own in this package (shared initialisers, BatchNorm settings, argument
+checks and layers are in ``layers.py``; the model checks its arguments in ``__post_init__``) and
+add its name here.
 
     lenet5, cnn                      modern LeNet-5 and the configurable CNN (lenet.py, cnn.py)
     lenet5_classic                   LeNet-5 exactly as in the 1998 paper (lenet_classic.py)
@@ -13,14 +15,17 @@ Module in a file of its own in this package and add its name here.
     resnet20/32/44/56/110, resnet14  CIFAR ResNets, 6n+2 (resnet_cifar.py)
 
 The ImageNet architectures take ``small_input=True`` for 28x28 and 32x32 images (each file says
-what it changes). ``from_torchvision(name, state_dict)`` turns torchvision weights into Flax
-variables; ``python -m jaxcnn.summary NAME`` prints a model's layers.
+what it changes). ``from_config(config["model"], num_classes)`` builds an experiment's model and
+``check_config(config["model"])`` checks its settings without data; ``from_torchvision(name,
+state_dict)`` turns torchvision weights into Flax variables; ``python -m jaxcnn.summary NAME``
+prints a model's layers.
 """
 
 import dataclasses
 import functools
 
 import flax.linen as nn
+import jax.numpy as jnp
 
 from jaxcnn.errors import UserError, did_you_mean
 from jaxcnn.models import resnet, resnet_cifar, vgg
@@ -94,6 +99,33 @@ def create_model(name: str, num_classes: int, **kwargs) -> nn.Module:
                 f"Unknown setting model.{key} for model {name!r}." + did_you_mean(key, options)
                 + f" Valid settings for {name!r}: {', '.join(sorted(options)) or 'none'}.")
     return MODELS[name](num_classes=num_classes, **kwargs)
+
+
+# The compute dtype of each `precision` setting. Parameters, optimizer state and BatchNorm
+# statistics stay float32 whatever it is (flax's param_dtype), so checkpoints are float32.
+PRECISIONS = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def from_config(model_config: dict, num_classes: int, precision: str = "float32") -> nn.Module:
+    """The model of an experiment's ``model`` settings, for ``num_classes`` classes:
+    ``{"name": "cnn", "cdims": [8]}`` builds ``create_model("cnn", num_classes, cdims=[8])``,
+    computing in the dtype of ``precision``. Unknown names or settings and values the model
+    refuses are UserErrors."""
+    settings = dict(model_config)
+    name = settings.pop("name", None)
+    if not isinstance(name, str):
+        raise UserError("model.name must be a string naming a model, e.g. 'lenet5' or 'cnn'.")
+    model = create_model(name, num_classes, **settings)
+    if precision != "float32":
+        model = model.clone(dtype=PRECISIONS[precision])
+    return model
+
+
+def check_config(model_config: dict) -> None:
+    """Checks an experiment's ``model`` settings before any data is loaded: the name, the setting
+    names and the model's own value checks (its ``__post_init__``). A UserError on the first
+    problem. The model is only constructed (no weights), for a placeholder class count."""
+    from_config(model_config, num_classes=10)
 
 
 def from_torchvision(name: str, state_dict, **model_kwargs) -> dict:

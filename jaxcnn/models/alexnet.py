@@ -25,7 +25,7 @@ connect across the towers:
     conv5 3x3, pad 1, 256, 2 groups -> ReLU -> max-pool 3/2           13 -> 6
     fc6 4096 -> ReLU -> dropout 0.5 -> fc7 4096 -> ReLU -> dropout 0.5 -> fc8 num_classes
 
-LRN: k=2, n=5, alpha=1e-4, beta=0.75 (``common.LocalResponseNorm``). Parameters, by the paper's
+LRN: k=2, n=5, alpha=1e-4, beta=0.75 (``layers.LocalResponseNorm``). Parameters, by the paper's
 arithmetic: 34,944 + 307,456 + 885,120 + 663,936 + 442,624 + 37,752,832 + 16,781,312 +
 4,097,000 = 60,965,224 for 1000 classes. Initialisation as in the paper: weights N(0, 0.01);
 biases 1 in conv2, conv4, conv5, fc6 and fc7 and 0 elsewhere. The paper's 224x224 input does
@@ -45,14 +45,20 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxcnn.models.layers import Dropout
-from jaxcnn.models.common import (AdaptiveAvgPool, GroupedConv, LocalResponseNorm, MaxPool, ModuleDef,
-                                  flatten, torch_default_bias, torch_default_kernel)
+from jaxcnn.models.layers import (AdaptiveAvgPool, Dropout, GroupedConv, LocalResponseNorm, MaxPool,
+                                  ModuleDef, check_int, check_rate, flatten, torch_default_bias,
+                                  torch_default_kernel)
 
 
 def _conv1(small_input: bool):
     """(kernel, stride, padding) of conv1: ImageNet's 11x11/4 or the small-input 3x3/1."""
     return (3, 1, 1) if small_input else (11, 4, 2)
+
+
+def _check_arguments(model) -> None:
+    """The value checks that both variants share."""
+    check_rate(model.dropout, "dropout")
+    check_int(model.fc_width, "fc_width")
 
 
 class AlexNet(nn.Module):
@@ -65,6 +71,10 @@ class AlexNet(nn.Module):
     conv: ModuleDef = nn.Conv
     dtype: Any = jnp.float32
     axis_name: str | None = None  # dropout draws the global batch's masks over this axis
+
+    def __post_init__(self):
+        _check_arguments(self)
+        super().__post_init__()
 
     @nn.compact
     def __call__(self, x, train: bool = False):
@@ -109,6 +119,10 @@ class AlexNetOriginal(nn.Module):
     conv: ModuleDef = nn.Conv
     dtype: Any = jnp.float32
     axis_name: str | None = None  # dropout draws the global batch's masks over this axis
+
+    def __post_init__(self):
+        _check_arguments(self)
+        super().__post_init__()
 
     @nn.compact
     def __call__(self, x, train: bool = False):

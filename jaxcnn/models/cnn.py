@@ -23,9 +23,8 @@ from typing import Any, Callable, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxcnn.models.layers import Dropout, max_pool
-
-kaiming_normal = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
+from jaxcnn.models.layers import (Dropout, batch_norm, check_int, check_rate, check_widths,
+                                  he_normal_fan_in, max_pool)
 
 
 class CNN(nn.Module):
@@ -42,23 +41,30 @@ class CNN(nn.Module):
     norm: Callable[..., nn.Module] = nn.BatchNorm
     dtype: Any = jnp.float32
 
+    def __post_init__(self):
+        check_widths(self.cdims, "cdims")
+        check_widths(self.hdims, "hdims")
+        check_int(self.ksize, "ksize")
+        check_rate(self.dropout, "dropout")
+        super().__post_init__()
+
     @nn.compact
     def __call__(self, x, train: bool = False):
         conv = lambda c, name: self.conv(  # noqa: E731
-            c, (self.ksize, self.ksize), padding="SAME", kernel_init=kaiming_normal,
+            c, (self.ksize, self.ksize), padding="SAME", kernel_init=he_normal_fan_in,
             dtype=self.dtype, name=name)
+        norm = batch_norm(self.norm, train, self.axis_name, self.dtype)
         x = x.astype(self.dtype)
         for i, c in enumerate(self.cdims):
             x = conv(c, f"conv{i + 1}")(x)
             if self.batch_norm:
-                x = self.norm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                              axis_name=self.axis_name, dtype=self.dtype, name=f"bn{i + 1}")(x)
+                x = norm(name=f"bn{i + 1}")(x)
             x = max_pool(nn.relu(x), 2)
             # Spatial dropout (PyTorch's Dropout2d): one draw per example and channel.
             x = Dropout(self.dropout, broadcast_dims=(1, 2), axis_name=self.axis_name)(
                 x, deterministic=not train)
         x = x.reshape((x.shape[0], -1))
         for i, h in enumerate(self.hdims):
-            x = nn.relu(nn.Dense(h, kernel_init=kaiming_normal, dtype=self.dtype, name=f"fc{i + 1}")(x))
-        x = nn.Dense(self.num_classes, kernel_init=kaiming_normal, dtype=self.dtype, name="classifier")(x)
+            x = nn.relu(nn.Dense(h, kernel_init=he_normal_fan_in, dtype=self.dtype, name=f"fc{i + 1}")(x))
+        x = nn.Dense(self.num_classes, kernel_init=he_normal_fan_in, dtype=self.dtype, name="classifier")(x)
         return x.astype(jnp.float32)

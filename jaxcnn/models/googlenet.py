@@ -50,8 +50,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxcnn.errors import UserError
-from jaxcnn.models.layers import Dropout
-from jaxcnn.models.common import AdaptiveAvgPool, MaxPool, ModuleDef, flatten
+from jaxcnn.models.layers import (AdaptiveAvgPool, Dropout, MaxPool, ModuleDef, batch_norm, check_rate,
+                                  flatten)
 
 normal_001 = nn.initializers.normal(0.01)
 
@@ -145,6 +145,8 @@ class GoogLeNet(nn.Module):
         if self.branch3_kernel not in (3, 5):
             raise UserError("model.branch3_kernel must be 3 (torchvision) or 5 (the paper), "
                             f"got {self.branch3_kernel!r}.")
+        check_rate(self.dropout, "dropout")
+        check_rate(self.dropout_aux, "dropout_aux")
         super().__post_init__()
 
     @nn.compact
@@ -156,8 +158,7 @@ class GoogLeNet(nn.Module):
             std, mean = jnp.array([0.229, 0.224, 0.225]), jnp.array([0.485, 0.456, 0.406])
             x = x * (std / 0.5).astype(self.dtype) + ((mean - 0.5) / 0.5).astype(self.dtype)
         conv = functools.partial(self.conv, use_bias=False, kernel_init=normal_001, dtype=self.dtype)
-        norm = functools.partial(self.norm, use_running_average=not train, momentum=0.9, epsilon=1e-3,
-                                 axis_name=self.axis_name, dtype=self.dtype)
+        norm = batch_norm(self.norm, train, self.axis_name, self.dtype, epsilon=1e-3)
         basic = functools.partial(BasicConv, conv=conv, norm=norm)
         inception = lambda name: Inception(INCEPTION[name], self.branch3_kernel, conv, norm,  # noqa: E731
                                            name=f"inception{name}")

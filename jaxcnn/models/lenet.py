@@ -18,7 +18,7 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxcnn.models.layers import max_pool
+from jaxcnn.models.layers import check_int, max_pool
 
 
 class LeNet5(nn.Module):
@@ -28,6 +28,10 @@ class LeNet5(nn.Module):
     conv1_padding: int = 2
     conv: Callable[..., nn.Module] = nn.Conv
     dtype: Any = jnp.float32
+
+    def __post_init__(self):
+        check_int(self.conv1_padding, "conv1_padding", allow_zero=True)
+        super().__post_init__()
 
     @nn.compact
     def __call__(self, x, train: bool = False):

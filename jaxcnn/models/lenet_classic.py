@@ -37,6 +37,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxcnn.models.layers import check_int
+
 # Table I of the paper: the S2 maps each C3 map reads. Maps 0-5 read 3 neighbouring maps,
 # 6-11 four neighbouring maps, 12-14 four non-neighbouring maps, and 15 all six.
 C3_TABLE = (
@@ -153,6 +155,10 @@ class LeNet5Classic(nn.Module):
     num_classes: int = 10
     conv1_padding: int = 0
     dtype: Any = jnp.float32
+
+    def __post_init__(self):
+        check_int(self.conv1_padding, "conv1_padding", allow_zero=True)
+        super().__post_init__()
 
     @nn.compact
     def __call__(self, x, train: bool = False):

@@ -30,8 +30,8 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxcnn.models.common import (AdaptiveAvgPool, MaxPool, ModuleDef, flatten,
-                                  kaiming_normal_fan_out, torch_default_bias, torch_default_kernel)
+from jaxcnn.models.layers import (AdaptiveAvgPool, MaxPool, ModuleDef, batch_norm, check_int, flatten,
+                                  he_normal_fan_out, torch_default_bias, torch_default_kernel)
 
 
 class BasicBlock(nn.Module):
@@ -97,13 +97,15 @@ class ResNet(nn.Module):
     norm: ModuleDef = nn.BatchNorm
     dtype: Any = jnp.float32
 
+    def __post_init__(self):
+        check_int(self.num_filters, "num_filters")
+        super().__post_init__()
+
     @nn.compact
     def __call__(self, x, train: bool = False):
         x = x.astype(self.dtype)
-        conv = functools.partial(self.conv, use_bias=False, kernel_init=kaiming_normal_fan_out,
-                                 dtype=self.dtype)
-        norm = functools.partial(self.norm, use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                                 axis_name=self.axis_name, dtype=self.dtype)
+        conv = functools.partial(self.conv, use_bias=False, kernel_init=he_normal_fan_out, dtype=self.dtype)
+        norm = batch_norm(self.norm, train, self.axis_name, self.dtype)
         if self.small_input:
             x = conv(self.num_filters, (3, 3), padding=((1, 1), (1, 1)), name="conv1")(x)
             x = nn.relu(norm(name="bn1")(x))

@@ -33,10 +33,10 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxcnn.errors import UserError
-from jaxcnn.models.common import AdaptiveAvgPool, ModuleDef, flatten, torch_default_bias, torch_default_kernel
+from jaxcnn.models.layers import (AdaptiveAvgPool, ModuleDef, batch_norm, check_widths, flatten,
+                                  he_normal_fan_in, torch_default_bias, torch_default_kernel)
 
 SHORTCUTS = ("A", "projection")
-he_normal = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
 
 
 class CifarBlock(nn.Module):
@@ -82,14 +82,14 @@ class CifarResNet(nn.Module):
         if self.shortcut not in SHORTCUTS:
             raise UserError(f"model.shortcut must be one of {', '.join(map(repr, SHORTCUTS))}, "
                             f"got {self.shortcut!r}.")
+        check_widths(self.widths, "widths", allow_empty=False)
         super().__post_init__()
 
     @nn.compact
     def __call__(self, x, train: bool = False):
         x = x.astype(self.dtype)
-        conv = functools.partial(self.conv, use_bias=False, kernel_init=he_normal, dtype=self.dtype)
-        norm = functools.partial(self.norm, use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                                 axis_name=self.axis_name, dtype=self.dtype)
+        conv = functools.partial(self.conv, use_bias=False, kernel_init=he_normal_fan_in, dtype=self.dtype)
+        norm = batch_norm(self.norm, train, self.axis_name, self.dtype)
         x = conv(self.widths[0], (3, 3), padding=((1, 1), (1, 1)), name="conv1")(x)
         x = nn.relu(norm(name="bn1")(x))
         for i, width in enumerate(self.widths):

@@ -30,8 +30,8 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxcnn.models.layers import Dropout
-from jaxcnn.models.common import AdaptiveAvgPool, MaxPool, ModuleDef, flatten, kaiming_normal_fan_out
+from jaxcnn.models.layers import (AdaptiveAvgPool, Dropout, MaxPool, ModuleDef, batch_norm, check_int,
+                                  check_rate, flatten, he_normal_fan_out)
 
 WIDTHS = (64, 128, 256, 512, 512)
 LAYERS = {"vgg11": (1, 1, 2, 2, 2), "vgg13": (2, 2, 2, 2, 2), "vgg16": (2, 2, 3, 3, 3),
@@ -52,16 +52,21 @@ class VGG(nn.Module):
     norm: ModuleDef = nn.BatchNorm
     dtype: Any = jnp.float32
 
+    def __post_init__(self):
+        check_rate(self.dropout, "dropout")
+        check_int(self.fc_width, "fc_width")
+        super().__post_init__()
+
     @nn.compact
     def __call__(self, x, train: bool = False):
+        norm = batch_norm(self.norm, train, self.axis_name, self.dtype)
         x = x.astype(self.dtype)
         for stage, (count, width) in enumerate(zip(self.layers, WIDTHS), start=1):
             for i in range(1, count + 1):
-                x = self.conv(width, (3, 3), padding=((1, 1), (1, 1)), kernel_init=kaiming_normal_fan_out,
+                x = self.conv(width, (3, 3), padding=((1, 1), (1, 1)), kernel_init=he_normal_fan_out,
                               dtype=self.dtype, name=f"conv{stage}_{i}")(x)
                 if self.batch_norm:
-                    x = self.norm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                                  axis_name=self.axis_name, dtype=self.dtype, name=f"bn{stage}_{i}")(x)
+                    x = norm(name=f"bn{stage}_{i}")(x)
                 x = nn.relu(x)
             if not (self.small_input and stage == len(self.layers)):
                 x = MaxPool(2, name=f"pool{stage}")(x)

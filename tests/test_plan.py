@@ -1,0 +1,98 @@
+"""jaxcnn.plan: the Trainer's own steps compiled ahead of time for TPU topologies (libtpu, no
+TPU needed) and for the CPU. The TPU tests need libtpu (pip install -e ".[tpu]"); CI installs it.
+All TPU plans share one process, so libtpu starts once (~25 s), later compiles take seconds."""
+
+import os
+
+import pytest
+
+from jaxcnn import config as config_lib
+from jaxcnn import plan
+from jaxcnn.errors import UserError
+from jaxcnn.models import from_config
+from jaxcnn.summary import summarize
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LENET = os.path.join(ROOT, "experiments", "lenet_fashion.py")
+RESNET20 = os.path.join(ROOT, "experiments", "resnet20_cifar10.py")
+
+
+def require_libtpu():
+    try:
+        import libtpu  # noqa: F401
+    except ImportError:
+        if os.environ.get("CI"):
+            pytest.fail("libtpu is missing: .ci/run must pip install -e \".[tpu]\"")
+        pytest.skip("libtpu not installed (pip install -e \".[tpu]\")")
+
+
+def resolved(path, *sets):
+    return config_lib.resolve(config_lib.load_experiment(path), list(sets))
+
+
+@pytest.mark.parametrize("experiment, target", [
+    (LENET, "tpu-v5e-1"), (LENET, "tpu-v6e-8"), (RESNET20, "tpu-v5e-8"), (RESNET20, "tpu-v6e-1")])
+def test_plans_compile_for_tpu_topologies(experiment, target):
+    require_libtpu()
+    config = resolved(experiment)
+    result = plan.plan(config, target)
+    devices = int(target.rsplit("-", 1)[1])
+    assert result["devices"] == devices and result["device_kind"].startswith("TPU v")
+    train, evaluate = result["programs"]
+    assert train.argument_bytes > 0 and train.flops > 0 and evaluate.flops > 0
+    assert train.total_bytes < result["chip"].hbm_bytes  # fits: check_fits says nothing
+    plan.check_fits(result)
+    # Training costs about 3 forward passes; the forward FLOPs of the model's own summary.
+    model = from_config(config["model"], result["num_classes"])
+    forward = summarize(model, result["image_shape"]).total_flops
+    per_image = train.flops * devices / config["batch_size"]
+    assert 2 * forward < per_image < 5 * forward, (per_image, forward)
+    # On several devices the gradients are all-reduced: at least the parameters' float32 bytes.
+    if devices > 1:
+        assert train.all_reduce_bytes >= 4 * result["param_count"]
+    text = plan.format_plan(result)
+    assert "ESTIMATE" in text and "not a measurement" in text and "images/s" in text
+
+
+def test_a_batch_that_does_not_fit_is_refused_with_one_that_would(capsys):
+    require_libtpu()
+    code = plan.main([RESNET20, "--target", "tpu-v5e-1", "--set", "batch_size=49152",
+                      "--set", "data.pipeline=stream"])
+    err = " ".join(capsys.readouterr().err.split())
+    assert code == 2, err
+    assert "more than the 16.00 GiB of HBM of a TPU v5e" in err
+    fit = int(err.split("About ")[1].split()[0])
+    assert 0 < fit < 49152 and f"--set batch_size={fit}" in err
+
+
+def test_cpu_target_needs_no_libtpu(capsys):
+    assert plan.main([LENET, "--target", "cpu", "--set", "data.pipeline=stream"]) == 0
+    out = capsys.readouterr().out
+    assert "target cpu: 8 x cpu" in out and "train step" in out and "ESTIMATE" not in out
+
+
+def test_without_libtpu_a_tpu_target_says_how_to_install_it(monkeypatch, capsys):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_libtpu(name, *args, **kwargs):
+        if name == "libtpu":
+            raise ImportError("no libtpu")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_libtpu)
+    assert plan.main([LENET, "--target", "tpu-v5e-8"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "needs libtpu" in err and 'pip install -e ".[tpu]"' in err and "Traceback" not in err
+
+
+def test_unknown_targets_and_datasets_without_a_record_are_refused(capsys):
+    assert plan.main([LENET, "--target", "gpu-h100"]) == 2
+    assert "Unknown --target 'gpu-h100'" in capsys.readouterr().err
+    with pytest.raises(UserError, match="--num-classes"):
+        plan.data_shape(resolved(LENET, "data.dataset=my_tfds_set"), None)
+    assert plan.data_shape(resolved(LENET, "data.dataset=my_tfds_set", "data.image_size=64"),
+                           7)[:2] == ((64, 64, 3), 7)
+    assert plan.topology_name("tpu-v4-64") == ("v4:2x4x4", None)
+    assert plan.topology_name("tpu-v5e-8") == ("v5e:2x4", (2, 4, 1))
