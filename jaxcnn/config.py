@@ -13,7 +13,6 @@ import ast
 import copy
 import math
 import os
-import re
 import runpy
 from typing import Any
 
@@ -101,6 +100,7 @@ def resolve(overrides: dict, sets: list[str] = ()) -> dict:
         path, value = parse_set(item)
         config = merge(config, _nest(path, value), check=True)
     validate(config)
+    _expand_paths(config)
     return config
 
 
@@ -172,6 +172,10 @@ def validate(config: dict) -> None:
         raise UserError(
             f"schedule.warmup_epochs ({config['schedule']['warmup_epochs']}) must be shorter "
             f"than the run (epochs = {config['epochs']}).")
+    if config["data"]["data_dir"] is not None and not config["data"]["data_dir"].strip():
+        raise UserError(
+            "data.data_dir is empty: give the folder that holds the data, e.g. --set "
+            "data.data_dir=/data/mnist, or None to let jaxcnn find the dataset itself.")
     if config["data"]["random_resized_crop"] and not config["data"]["image_size"]:
         raise UserError(
             "data.random_resized_crop needs data.image_size, the size of the crops, e.g. --set "
@@ -207,12 +211,20 @@ def _choice(value, choices, key) -> None:
             f"Valid values: {', '.join(choices)}.")
 
 
-_BARE_WORD = re.compile(r"^[A-Za-z_][\w\-./]*$")
+# A value that opens like a list, tuple, dict or quoted string is meant as a literal: one that does
+# not parse is a typo to report, not a string to take.
+_LITERAL_OPENERS = "[({'\""
+
+# Settings that name a folder: a leading ``~`` is expanded when the config is resolved, so
+# config.json, run.json and every message show the folder that is read.
+PATH_SETTINGS = ("data.data_dir",)
 
 
 def parse_set(item: str) -> tuple[list[str], Any]:
     """Parses one ``--set key.path=VALUE``. VALUE is a Python literal (ast.literal_eval, never
-    evaluated as code); a bare word such as ``fashion_mnist`` is taken as a string."""
+    evaluated as code); any other text, such as ``fashion_mnist`` or a path like
+    ``/data/mnist``, ``./mnist`` or ``~/mnist``, is taken as that string. A KEY that is not a
+    dotted name, a missing VALUE and a broken list, tuple, dict or quoted string are refused."""
     key, sep, text = item.partition("=")
     key = key.strip()
     if not sep or not key or not all(part.isidentifier() for part in key.split(".")):
@@ -220,18 +232,33 @@ def parse_set(item: str) -> tuple[list[str], Any]:
             f"Malformed --set {item!r}: expected KEY=VALUE with a dotted key, "
             "e.g. --set optimizer.learning_rate=0.01 or --set data.dataset=fashion_mnist.")
     text = text.strip()
+    if not text:
+        raise UserError(
+            f"Malformed --set {item!r}: no value after '='. Give a value, e.g. --set {key}=None "
+            f"or, for an empty string, --set \"{key}=''\".")
     try:
         value = ast.literal_eval(text)
     except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-        if not _BARE_WORD.match(text):
+        if text[0] in _LITERAL_OPENERS:
             raise UserError(
                 f"Malformed --set {item!r}: {text!r} is not a Python literal. Use a number, "
                 "True/False/None, a quoted string, or a list/tuple/dict of those, "
                 "e.g. --set model.cdims=[32,64].") from None
-        value = text
+        value = text  # a word or a path: the text itself, never evaluated
     if isinstance(value, tuple):
         value = list(value)
     return key.split("."), value
+
+
+def _expand_paths(config: dict) -> None:
+    """Expands a leading ``~`` in the folder settings (PATH_SETTINGS), in place."""
+    for path in PATH_SETTINGS:
+        *parents, last = path.split(".")
+        node = config
+        for key in parents:
+            node = node[key]
+        if isinstance(node.get(last), str):
+            node[last] = os.path.expanduser(node[last])
 
 
 def _nest(path: list[str], value) -> dict:

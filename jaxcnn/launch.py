@@ -1,8 +1,11 @@
 """Runs an experiment: ``python -m jaxcnn.launch EXPERIMENT.py [--workdir DIR] [--set k=v ...]``.
 
-Loads the experiment file's ``config``, applies ``--set`` overrides, prints the resolved config
-and calls ``jaxcnn.train.train_and_evaluate(config, workdir)``, holding the workdir's lock (a
-second launch into a workdir in use is refused). Mistakes in the input end with one paragraph on
+Loads the experiment file's ``config``, applies ``--set`` overrides, checks everything that can
+be checked without data (settings, model, dataset name, data_dir, batch size over the devices)
+before it touches the workdir, prints the settings that differ from the defaults and calls
+``jaxcnn.train.train_and_evaluate(config, workdir)``, holding the workdir's lock (a second launch
+into a workdir in use is refused). A workdir that holds the finished run of the same config is
+left as it is: the launcher says so and exits 0. Mistakes in the input end with one paragraph on
 stderr and exit status 2 (add ``--debug`` for the traceback).
 """
 
@@ -11,6 +14,7 @@ import contextlib
 import json
 import os
 import sys
+import textwrap
 
 from jaxcnn import hostmem
 from jaxcnn.errors import EXIT_USER_ERROR, RunStopped, UserError, print_paragraph, report
@@ -23,12 +27,15 @@ def parse_args(argv):
     parser.add_argument("experiment", help="path of the experiment file, e.g. experiments/lenet.py")
     parser.add_argument("--workdir", help="run directory (default: runs/<experiment name>)")
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a setting, e.g. --set optimizer.learning_rate=0.01 "
-                             "(VALUE is a Python literal or a bare word); repeatable")
+                        help="override a setting, e.g. --set optimizer.learning_rate=0.01 or "
+                             "--set data.data_dir=~/mnist (VALUE is a Python literal; other text, "
+                             "such as a word or a path, is taken as a string); repeatable")
     parser.add_argument("--restart", action="store_true",
                         help="if the workdir holds an earlier run, move it aside to WORKDIR.old-N "
                              "(it is never deleted) and start afresh; without it, a run of the "
-                             "same config is resumed and one of another config is refused")
+                             "same config is resumed (or, if finished, left as it is), one with "
+                             "only more epochs is trained on, and one of another config is "
+                             "refused")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     multi = parser.add_argument_group(
         "multi-host (jax.distributed): start one process per host, all with the same arguments "
@@ -121,6 +128,94 @@ def use_compilation_cache() -> str | None:
     return path
 
 
+def check_before_workdir(config: dict) -> None:
+    """What can be checked without reading any data, before the workdir is touched (so that
+    --restart never moves a run aside for a command that cannot run): the dataset name and
+    data_dir, and the settings that only fail once training starts. The experiment's settings,
+    model, optimizer and schedule were checked when the config was resolved."""
+    import jax
+
+    from jaxcnn import datasets
+
+    d = config["data"]
+    datasets.check_name(d["dataset"], d["data_dir"])
+    devices = jax.device_count()
+    if config["batch_size"] % devices:
+        raise UserError(
+            f"batch_size {config['batch_size']} does not divide over the {devices} devices. "
+            f"Use a multiple of {devices}, e.g. --set batch_size="
+            f"{max(1, round(config['batch_size'] / devices)) * devices}.")
+    if d["random_resized_crop"] and d["pipeline"] == "memory":
+        raise UserError(
+            "data.random_resized_crop crops each image anew from its full-size original, which "
+            "the memory pipeline does not keep: use --set data.pipeline=stream (or auto).")
+    if config["epoch_loop"] == "scan" and d["pipeline"] == "stream":
+        raise UserError(
+            "epoch_loop 'scan' runs a whole epoch in one call over data on the devices; the "
+            "streaming pipeline feeds one batch per step. Use --set epoch_loop=step (or auto), "
+            "or data.pipeline=memory.")
+    loop = config["epoch_loop"]
+    in_memory = d["pipeline"] == "memory" or (
+        d["pipeline"] == "auto" and not d["random_resized_crop"]
+        and d["dataset"] in datasets.BUILTIN_NAMES)
+    if loop == "auto" and in_memory and jax.default_backend() != "cpu":
+        loop = "scan"  # as the Trainer chooses it
+    if config["checkpoint"]["every_steps"] and loop == "scan":
+        raise UserError(
+            "checkpoint.every_steps needs epoch_loop 'step': the scan loop runs a whole epoch in "
+            "one call, so it can only save at epoch ends. Set --set epoch_loop=step or drop "
+            "checkpoint.every_steps.")
+
+
+def _saved_config(workdir: str) -> dict | None:
+    """The config.json of the run in ``workdir``; None where there is none readable."""
+    try:
+        with open(os.path.join(workdir, "config.json")) as f:
+            saved = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return saved if isinstance(saved, dict) else None
+
+
+def finished_run(workdir: str, config: dict) -> dict | None:
+    """The summary.json of the run in ``workdir`` when it is the finished run of ``config``
+    (same settings, all its epochs trained); None otherwise. Reads, never writes."""
+    from jaxcnn import rundir
+
+    if _saved_config(workdir) != rundir.jsonable(config):
+        return None
+    try:
+        with open(os.path.join(workdir, "summary.json")) as f:
+            summary = json.load(f)
+    except (OSError, ValueError):
+        return None  # not finished (or killed before its summary): resuming finishes it
+    if not isinstance(summary, dict) or summary.get("epochs") != config["epochs"]:
+        return None
+    return summary
+
+
+def more_epochs_of(workdir: str, config: dict) -> dict | None:
+    """The saved config of the run in ``workdir`` when ``config`` is that config with more
+    epochs (training it longer resumes it); None otherwise."""
+    from jaxcnn import rundir
+
+    saved = _saved_config(workdir)
+    new = rundir.jsonable(config)
+    if saved is None or not isinstance(saved.get("epochs"), int):
+        return None
+    same_otherwise = {**saved, "epochs": None} == {**new, "epochs": None}
+    return saved if same_otherwise and new["epochs"] > saved["epochs"] else None
+
+
+def complete_message(workdir: str, summary: dict) -> str:
+    from jaxcnn import console
+
+    text = console.complete_message(workdir, summary)
+    if not os.path.isfile(os.path.join(workdir, "curves.png")):
+        text += f" Its plots are missing: python -m jaxcnn.plot {workdir} draws them."
+    return text
+
+
 def claim_and_train(config: dict, workdir: str, restart: bool) -> None:
     """Claims the workdir and trains; a workdir this made and left empty is removed on error."""
     import jax
@@ -130,8 +225,18 @@ def claim_and_train(config: dict, workdir: str, restart: bool) -> None:
 
     created = not os.path.exists(workdir)
     try:
-        if jax.process_index() == 0 and rundir.claim(workdir, config, restart):
-            print(f"resuming the run in {workdir}")
+        if jax.process_index() == 0:
+            earlier = None if restart else more_epochs_of(workdir, config)
+            if earlier is not None:
+                # The run's own config passes the check; train_and_evaluate writes the new one.
+                rundir.claim(workdir, earlier, restart)
+                note = ("" if config["schedule"]["name"] == "constant" else
+                        f"; the {config['schedule']['name']} learning-rate schedule now spans "
+                        f"{config['epochs']} epochs, from the step it resumes at")
+                print(f"training the run in {workdir} on from {earlier['epochs']} to "
+                      f"{config['epochs']} epochs{note}")
+            elif rundir.claim(workdir, config, restart):
+                print(f"resuming the run in {workdir}")
         train_and_evaluate(config, workdir)
     except UserError:
         if created and os.path.isdir(workdir) and not os.listdir(workdir):
@@ -150,11 +255,30 @@ def main(argv=None) -> int:
 
         from jaxcnn import rundir
 
+        check_before_workdir(config)
+
         # Process 0 holds the workdir's lock for the whole run, from before it claims the workdir
         # (so --restart never moves a running run aside): a second launch is refused at once.
         with rundir.lock(workdir) if jax.process_index() == 0 else contextlib.nullcontext():
+            summary = None if args.restart else finished_run(workdir, config)
+            if jax.process_count() > 1:  # process 0 decides for all, whatever the others see
+                import numpy as np
+                from jax.experimental import multihost_utils
+
+                complete = multihost_utils.broadcast_one_to_all(np.int32(summary is not None))
+                summary = (summary or {}) if int(complete) else None
+            if summary is not None:
+                if jax.process_index() == 0:
+                    print(textwrap.fill(complete_message(workdir, summary), width=100,
+                                        break_on_hyphens=False, break_long_words=False))
+                return 0
             if jax.process_index() == 0:
-                print("config:", json.dumps(config, indent=2))
+                from jaxcnn import console
+                from jaxcnn.config import DEFAULTS
+
+                for line in console.config_lines(config, DEFAULTS,
+                                                 os.path.join(workdir, "config.json")):
+                    print(line)
             claim_and_train(config, workdir, args.restart)
     except UserError as e:
         return report(e, args.debug)

@@ -188,10 +188,25 @@ def _all_reduce_bytes(hlo_text: str) -> int:
     return total
 
 
+class DoesNotFit(Exception):
+    """XLA refused to compile a program: its temporaries exceed the device's memory."""
+
+    def __init__(self, name: str, temp_bytes: float, available_bytes: float):
+        super().__init__(name)
+        self.name, self.temp_bytes, self.available_bytes = name, temp_bytes, available_bytes
+
+
 def _compile(name: str, jitted, args) -> ProgramPlan:
     start = time.perf_counter()
-    with _quiet_stderr():
-        compiled = jitted.lower(*args).compile()
+    lowered = jitted.lower(*args)
+    try:
+        with _quiet_stderr():
+            compiled = lowered.compile()
+    except Exception as e:  # noqa: BLE001 - XLA:TPU refuses programs larger than HBM
+        found = re.search(r"HLO temporaries \(([\d.]+)G\) exceeds available HBM \(([\d.]+)G\)", str(e))
+        if found is None:
+            raise
+        raise DoesNotFit(name, float(found.group(1)) * 2**30, float(found.group(2)) * 2**30) from None
     seconds = time.perf_counter() - start
     memory = compiled.memory_analysis()
     cost = compiled.cost_analysis()
@@ -257,8 +272,18 @@ def plan(config: dict, target: str, num_classes: int | None = None) -> dict:
         perm = jax.ShapeDtypeStruct((num_train,), jnp.int32, sharding=rep)
         train_args = (state, spec(train_zero), *data(num_train), perm, scalar, scalar)
         eval_args = (state, spec(eval_zero), *data(num_test), scalar)
-    programs = [_compile("train step", train_fn, train_args),
-                _compile("eval batch", eval_fn, eval_args)]
+    try:
+        programs = [_compile("train step", train_fn, train_args),
+                    _compile("eval batch", eval_fn, eval_args)]
+    except DoesNotFit as e:
+        per_device = config["batch_size"] // n
+        fit = max(1, int(per_device * e.available_bytes / e.temp_bytes * 0.9))
+        raise UserError(
+            f"The {e.name} of this experiment does not fit on {target}: XLA needs "
+            f"{_gib(e.temp_bytes)} of temporaries per device, more than the "
+            f"{_gib(e.available_bytes)} of HBM it can use on a {devices[0].device_kind} (batch "
+            f"{per_device} per device). About {fit} images per device would fit (temporaries "
+            f"grow with the batch): --set batch_size={fit * n}, or use a larger slice.") from None
     hosts = len({getattr(dev, "process_index", 0) for dev in devices})
     return {"target": target, "devices": n, "hosts": hosts, "device_kind": devices[0].device_kind,
             "chip": chip, "image_shape": shape, "num_classes": classes,

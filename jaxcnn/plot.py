@@ -2,10 +2,15 @@
 
     python -m jaxcnn.plot RUN_DIR [RUN_DIR ...] [--checkpoint latest|best]
 
-    curves.png            loss and accuracy (train and test) and the learning rate, against the
-                          epoch (bottom axis) and the step (top axis)
+    curves.png            loss and accuracy (train: the mean over each epoch's steps; test: at
+                          the epoch's end) and the learning rate, against the epoch (bottom
+                          axis) and the step (top axis); test top-5 accuracy on a panel of its
+                          own for data sets of more than 10 classes (--top5: for any run that
+                          recorded it). The title names the data: "MNIST subset, 4,000 training
+                          images", "Fashion-MNIST, first 512 of 60,000 training images".
     filters.png           the first convolution's kernels, one tile per filter (the study notes'
-                          filter_show); colour tiles for RGB input, grey for one channel
+                          filter_show), at least 120 pixels a tile and 1,000 pixels wide; colour
+                          tiles for RGB input, grey for one channel
     feature_maps.png      one test image and the output of each spatial-resolution stage
     confusion_matrix.png  over the whole test set, with the class names
 
@@ -38,6 +43,8 @@ from jaxcnn.errors import UserError, report
 
 DPI = 100
 MAX_MAPS = 16  # feature maps shown per stage
+FILTER_TILE = (1.4, 2.5)  # inches (at DPI) of one filter tile in filters.png: least, most
+FILTERS_WIDTH = 10.0  # inches filters.png grows to (its tiles up to FILTER_TILE[1]) for few filters
 
 
 # -- arrays to pictures -----------------------------------------------------------------------
@@ -140,10 +147,15 @@ def confusion_matrix(labels, predictions, num_classes: int) -> np.ndarray:
 
 # -- figures ----------------------------------------------------------------------------------
 
-def plot_curves(records: list[dict], config: dict, title: str = "") -> Figure:
-    """Loss, accuracy and learning rate of a run's metrics.jsonl records."""
-    fig = Figure(figsize=(15, 4.2), layout="constrained")
-    loss_ax, acc_ax, lr_ax = fig.subplots(1, 3)
+def plot_curves(records: list[dict], config: dict, title: str = "", top5: bool = False) -> Figure:
+    """Loss, accuracy and learning rate of a run's metrics.jsonl records; with ``top5``, the test
+    top-5 accuracy on a panel of its own (where the records have it). The train curves are the
+    mean over each epoch's steps (with dropout and augmentation on), the test curves the
+    evaluation at each epoch's end."""
+    top5 = top5 and any("test_top5" in r for r in records)
+    fig = Figure(figsize=(15 + 5 * top5, 4.2), layout="constrained")
+    axes = list(fig.subplots(1, 3 + top5))
+    loss_ax, acc_ax, lr_ax = axes[0], axes[1], axes[-1]
     steps_per_epoch = records[0]["step"] // records[0]["epoch"]
     epochs = [r["epoch"] for r in records]
 
@@ -152,18 +164,21 @@ def plot_curves(records: list[dict], config: dict, title: str = "") -> Figure:
         if points:
             ax.plot(*zip(*points), marker="o", markersize=3, label=label, **style)
 
-    series(loss_ax, "train_loss", "train")
+    series(loss_ax, "train_loss", "train (epoch mean)")
     series(loss_ax, "test_loss", "test")
-    series(acc_ax, "train_accuracy", "train")
+    series(acc_ax, "train_accuracy", "train (epoch mean)")
     series(acc_ax, "test_accuracy", "test")
-    series(acc_ax, "test_top5", "test top-5", linestyle="--")
+    panels = [(loss_ax, "loss"), (acc_ax, "accuracy")]
+    if top5:
+        series(axes[2], "test_top5", "test top-5", color="C1")
+        panels.append((axes[2], "top-5 accuracy"))
     # The learning rate at every step, from the run's own schedule; dots: the recorded values.
     schedule = optim.make_schedule(config, steps_per_epoch)
     steps = np.arange(records[-1]["step"])
     rates = np.asarray(jax.vmap(schedule)(steps))
     lr_ax.plot((steps + 1) / steps_per_epoch, rates, label="schedule")
     series(lr_ax, "learning_rate", "recorded", linestyle="none")
-    for ax, name in ((loss_ax, "loss"), (acc_ax, "accuracy"), (lr_ax, "learning rate")):
+    for ax, name in panels + [(lr_ax, "learning rate")]:
         ax.set_title(name)
         ax.set_xlabel("epoch")
         ax.set_xlim(0, max(epochs) + 0.2)
@@ -183,11 +198,15 @@ def plot_filters(kernel: np.ndarray, title: str = "") -> Figure:
     tiles = filter_tiles(kernel)
     cols = min(len(tiles), 8 if len(tiles) <= 32 else 16)
     rows = -(-len(tiles) // cols)
+    # Tiles of FILTER_TILE[0] inches or more: a few filters fill FILTERS_WIDTH (LeNet-5's six
+    # 5x5 filters: 1,000 pixels, about 150 a tile), 64 make 16 columns of the least size. The
+    # figure is never narrower than FILTERS_WIDTH, which leaves room for the title.
+    size = min(max(FILTER_TILE[0], FILTERS_WIDTH / cols), FILTER_TILE[1])
     head = 0.25 * (1 + title.count("\n")) + 0.15  # inches for the title
-    fig = Figure(figsize=(0.9 * cols, 0.9 * rows + head))
+    fig = Figure(figsize=(max(size * cols, FILTERS_WIDTH), size * rows + head))
     for i, t in enumerate(tiles):
         _show(fig.add_subplot(rows, cols, i + 1), t)
-    fig.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=1 - head / (0.9 * rows + head),
+    fig.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=1 - head / (size * rows + head),
                         wspace=0.1, hspace=0.1)
     fig.suptitle(title or f"{len(tiles)} filters")
     return fig
@@ -242,34 +261,45 @@ def plot_confusion(matrix: np.ndarray, class_names, title: str = "") -> Figure:
     return fig
 
 
-def plot_runs(runs: list[tuple[str, list[dict]]]) -> Figure:
-    """Train loss, test loss and test accuracy of several runs [(label, records)], shared axes."""
-    fig = Figure(figsize=(15, 4.2), layout="constrained")
+def plot_runs(runs: list[tuple[str, list[dict]]], title: str = "") -> Figure:
+    """Train loss (epoch mean), test loss and test accuracy of several runs [(label, records)]
+    on shared axes, one legend entry per run under the panels."""
+    fig = Figure(figsize=(15, 4.6 + 0.25 * len(runs)), layout="constrained")
     axes = fig.subplots(1, 3, sharex=True)
     for i, (label, records) in enumerate(runs):
         for ax, key in zip(axes, ("train_loss", "test_loss", "test_accuracy")):
             points = [(r["epoch"], r[key]) for r in records if key in r]
             if points:
                 ax.plot(*zip(*points), marker="o", markersize=3, color=f"C{i % 10}", label=label)
-    for ax, name in zip(axes, ("train loss", "test loss", "test accuracy")):
+    for ax, name in zip(axes, ("train loss (epoch mean)", "test loss", "test accuracy")):
         ax.set_title(name)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
-    axes[-1].legend()
+    handles = {}  # one entry per run, from whichever panel has its curve
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
+    if handles:
+        fig.legend(list(handles.values()), list(handles), loc="outside lower center",
+                   ncols=1 if len(handles) > 4 else min(len(handles), 2))
+    if title:
+        fig.suptitle(title)
     return fig
 
 
 # -- a run's pictures -------------------------------------------------------------------------
 
 def write_plots(run_dir: str, *, which: str = "latest", model=None, data=None,
-                log=print) -> list[str]:
+                log=print, top5: bool | None = None) -> list[str]:
     """Writes the PNGs of the run in ``run_dir`` there; returns their paths.
 
     ``model`` (a ``jaxcnn.Restored``) and ``data`` (the run's ``datasets.Dataset``, limited as
     in the run) are what the trainer passes at the end of a run; otherwise the ``which``
     checkpoint is restored and the data set loaded. What cannot be drawn yet is skipped with a
-    one-line note through ``log``.
+    one-line note through ``log``. ``top5``: the test top-5 accuracy in curves.png (None: for
+    data sets of more than 10 classes).
     """
+    from jaxcnn.compare import data_title
     from jaxcnn.restore import restore
 
     config, info = rundir.read_run(run_dir)
@@ -281,9 +311,12 @@ def write_plots(run_dir: str, *, which: str = "latest", model=None, data=None,
         written.append(path)
 
     records = rundir.read_metrics(run_dir)
-    heading = f"{config['name']}: {config['model']['name']} on {config['data']['dataset']}"
+    heading = (f"{config['name']}: {config['model']['name']} on "
+               f"{data_title(info['data'] if info else None, config)}")
+    if top5 is None:
+        top5 = bool(info) and info["data"].get("num_classes", 0) > 10
     if records:
-        save(plot_curves(records, config, heading), "curves.png")
+        save(plot_curves(records, config, heading, top5), "curves.png")
     else:
         log(f"note: no epoch of {run_dir} has finished yet: no curves.png")
     if model is None:
@@ -339,11 +372,14 @@ def main(argv=None) -> int:
                         help="a run directory (the --workdir of a run)")
     parser.add_argument("--checkpoint", choices=("latest", "best"), default="latest",
                         help="the parameters to show (default: latest, as the trainer does)")
+    parser.add_argument("--top5", action="store_true", default=None,
+                        help="draw the test top-5 accuracy in curves.png, on a panel of its own "
+                             "(default: only for data sets of more than 10 classes)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     try:
         for run_dir in args.run_dirs:
-            for path in write_plots(run_dir, which=args.checkpoint):
+            for path in write_plots(run_dir, which=args.checkpoint, top5=args.top5):
                 print(f"wrote {path}")
     except UserError as e:
         return report(e, args.debug)

@@ -11,6 +11,19 @@
 recorded in ``run.json``; ``run.logits(images)`` does both steps for many images at once. Only
 the model variables are read from the checkpoint (not the optimizer state), and nothing in the
 run directory is changed, so a run still in progress can be restored.
+
+Images, for ``preprocess`` and ``logits``: raw pixels as the data set stores them, of the trained
+shape ``run.image_shape`` (H, W, C):
+
+- uint8 (or any integer type) ``[N, H, W, C]``, values 0-255, as training read them;
+- float ``[N, H, W, C]`` with values in [0, 1] (e.g. ``images / 255``): the same pixels on a
+  0-1 scale, normalised with the same constants (the logits equal those of the uint8 images);
+- ``[N, H, W]`` for a one-channel (greyscale) model: the channel axis is added.
+
+Anything else is refused with a UserError saying what is expected: floats outside [0, 1]
+(0-255 floats: pass ``images.astype(np.uint8)``; already normalised inputs go to ``apply_fn``
+directly), NaNs, another image size or channel count (named against the trained shape), channels
+first ``[N, C, H, W]``, or a single image without the batch axis (``image[None]``).
 """
 
 import dataclasses
@@ -54,15 +67,17 @@ class Restored:
         return Normalization(tuple(n["mean"]), tuple(n["std"]))
 
     def preprocess(self, images) -> jax.Array:
-        """uint8 images [N, H, W, C] -> the float model inputs, normalised as in training."""
-        return self.normalize(jnp.asarray(images))
+        """Images -> the float model inputs [N, H, W, C], normalised as in training. ``images``:
+        uint8 [N, H, W, C] (0-255), or float in [0, 1], or [N, H, W] for a one-channel model
+        (module docstring); anything else is a UserError saying what is expected."""
+        return self._normalize(jnp.asarray(check_images(images, self.image_shape)))
 
     def logits(self, images, batch_size: int | None = None) -> np.ndarray:
-        """Logits [N, K] of uint8 images [N, H, W, C], computed ``batch_size`` at a time
-        (default: the run's eval_batch_size)."""
-        images = np.asarray(images)
+        """Logits [N, K] of images as ``preprocess`` takes them (uint8 [N, H, W, C], or float in
+        [0, 1]), computed ``batch_size`` at a time (default: the run's eval_batch_size)."""
+        images = np.asarray(check_images(images, self.image_shape))
         size = max(1, min(batch_size or self.config["eval_batch_size"], len(images)))
-        forward = jax.jit(lambda v, x: self.apply_fn(v, self.normalize(x), train=False))
+        forward = jax.jit(lambda v, x: self.apply_fn(v, self._normalize(x), train=False))
         out = [np.zeros((0, self.info["data"]["num_classes"]), np.float32)]
         for start in range(0, len(images), size):
             batch = images[start:start + size]
@@ -70,6 +85,87 @@ class Restored:
             logits = forward(self.variables, np.concatenate([batch, pad]))
             out.append(np.asarray(logits)[:len(batch)])
         return np.concatenate(out)
+
+    def _normalize(self, x) -> jax.Array:
+        """Checked images (uint8 0-255, or float32 in [0, 1]) -> normalised float32."""
+        if x.dtype == jnp.uint8:
+            return self.normalize(x)  # exactly what training does
+        n = self.normalize
+        return (x - jnp.asarray(n.mean, jnp.float32)) / jnp.asarray(n.std, jnp.float32)
+
+
+def _shape_text(shape) -> str:
+    return "[" + ", ".join(str(d) for d in shape) + "]"
+
+
+def check_images(images, image_shape):
+    """``images`` as the model takes them, checked against the trained ``image_shape`` (H, W, C):
+    uint8 [N, H, W, C] for integer pixels 0-255, float32 [N, H, W, C] in [0, 1] for floats (a
+    jax array stays one). A UserError says what is wrong and what is expected."""
+    h, w, c = (int(d) for d in image_shape)
+    expected = (f"Expected uint8 images [N, {h}, {w}, {c}] with values 0-255 (or floats in "
+                f"[0, 1]), the {h}x{w}x{c} images the model was trained on")
+    if not isinstance(images, jax.Array):  # a jax array (or tracer) stays on its device
+        try:
+            images = np.asarray(images)
+        except ValueError as e:  # a ragged list of images of different sizes
+            raise UserError(f"The images are not one array ({e}). {expected}.") from None
+    dtype, shape = images.dtype, tuple(images.shape)
+    is_float = jnp.issubdtype(dtype, jnp.floating)
+    if dtype == bool:
+        raise UserError(f"The images are booleans. {expected}: for black and white images pass "
+                        "images.astype(np.uint8) * 255.")
+    if not (is_float or jnp.issubdtype(dtype, jnp.integer)):
+        raise UserError(f"The images have dtype {dtype}. {expected}.")
+    if len(shape) == 3 and c == 1 and shape[1:] == (h, w):
+        images, shape = images[..., None], shape + (1,)  # greyscale [N, H, W]: add the channel
+    if len(shape) != 4 or shape[1:] != (h, w, c):
+        raise UserError(f"The images have shape {_shape_text(shape)}. {expected}"
+                        + _shape_hint(shape, (h, w, c)))
+    if dtype != jnp.uint8 and shape[0] and not isinstance(images, jax.core.Tracer):  # the values
+        lo, hi = float(images.min()), float(images.max())
+        if is_float:
+            if lo != lo or hi != hi:
+                raise UserError(f"The images contain NaN. {expected}.")
+            if lo < 0:
+                raise UserError(
+                    f"The images are floats from {lo:.3g} to {hi:.3g}: they look normalised "
+                    "already. preprocess and logits take raw pixels (uint8 0-255, or floats in "
+                    "[0, 1]) and normalise them with the run's mean and std; inputs normalised "
+                    "that way go to run.apply_fn(run.variables, x, train=False) directly.")
+            if hi > 1:
+                raise UserError(
+                    f"The images are floats from {lo:.3g} to {hi:.3g}: floats must be in "
+                    "[0, 1] (pixels / 255). For pixel values 0-255 pass uint8 images "
+                    "(images.astype(np.uint8)), or divide them by 255.")
+        elif lo < 0 or hi > 255:
+            raise UserError(f"The images have {dtype} values from {lo:g} to {hi:g}, outside "
+                            f"0-255. {expected}.")
+    if is_float:
+        return images.astype(jnp.float32)
+    return images if dtype == jnp.uint8 else images.astype(jnp.uint8)
+
+
+def _shape_hint(shape, trained) -> str:
+    """The likely fix for images of ``shape`` given to a model trained on ``trained`` (H, W, C)."""
+    h, w, c = trained
+    if shape == trained or (c == 1 and shape == (h, w)):
+        return (". This is one image: give a batch of one, image[None]"
+                + (" (or image[None, ..., None])." if c == 1 and shape == (h, w) else "."))
+    if len(shape) == 4 and shape[1] == c and shape[2:] == (h, w) and c != shape[3]:
+        return (". These look channels-first [N, C, H, W]: use np.moveaxis(images, 1, -1) "
+                "(or images.transpose(0, 2, 3, 1)).")
+    if len(shape) == 3 and c != 1 and shape[1:] == (h, w):
+        return (". Images without a channel axis are taken only by one-channel models; this one "
+                f"has {c}.")
+    if len(shape) in (3, 4) and shape[1:3] != (h, w):
+        return (f". Resize them to {h}x{w} (python -m jaxcnn.predict does so for image files), "
+                "or train a model on images of this size.")
+    if len(shape) == 4 and shape[3] != c:
+        fix = ("convert them to greyscale" if c == 1 else
+               "convert them to RGB" if c == 3 else f"give {c} channels")
+        return f". They have {shape[3]} channels, the model takes {c}: {fix}."
+    return "."
 
 
 def make_model(config: dict, info: dict):

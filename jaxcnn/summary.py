@@ -10,7 +10,10 @@ table comes from ``summary_table(model, (H, W, C))``, and the trainer writes it 
 
 Columns: the layer's path (``layer1_0/conv1``) and type, output shape (H x W x C, without the
 batch), parameters, FLOPs, and for convolutions and pools ``floor((H + 2P - K)/S) + 1`` with the
-layer's own numbers (``ceil`` for ceil-mode pools), for one image in evaluation mode.
+layer's own numbers (``ceil`` for ceil-mode pools), for one image in evaluation mode. A legend
+above the table says which number is which. The command line also prints a hint when a model with
+a small-input option (``small_input``) is given images much smaller than it was designed for, or
+its maps shrink to 1×1 before the head (``resnet18 --input 32,32,3``).
 
 What Flax gives: the rows are the leaf module calls of Flax's own table (the one behind
 ``nn.tabulate``), in call order, with their paths, output shapes and variables. What jaxcnn adds,
@@ -37,6 +40,7 @@ from one abstract trace of the forward pass (``jax.make_jaxpr``, shapes only):
 import argparse
 import dataclasses
 import os
+import re
 import sys
 import textwrap
 
@@ -312,8 +316,9 @@ def _format(s: Summary) -> str:
         return "  ".join(cells).rstrip()
 
     rule_width = max(len(line(r)) for r in [header] + body)
-    out = [f"Model: {s.model}, input {_shape_text(s.input_shape)} (one image, evaluation mode)",
-           "=" * rule_width, line(header), "=" * rule_width]
+    out = [f"Model: {s.model}, input {_shape_text(s.input_shape)} (one image, evaluation mode)"]
+    out += _legend([r.arithmetic for r in s.rows])
+    out += ["=" * rule_width, line(header), "=" * rule_width]
     out += [line(r) for r in body]
     out += ["=" * rule_width,
             f"Total params: {s.total_params:,}",
@@ -326,6 +331,58 @@ def _format(s: Summary) -> str:
                f"{s.other_flops:,} FLOPs in activations and additions outside the rows)")
     out.append("-" * rule_width)
     return "\n".join(out) + "\n"
+
+
+def _legend(arithmetic: list[str]) -> list[str]:
+    """The lines that say what the numbers of the "Output size" column are (none if it is empty)."""
+    texts = [t for t in arithmetic if t and not t.startswith("adaptive")]
+    if not texts:
+        return []
+    lines = ["Output size: ⌊(H + 2P − K)/S⌋ + 1, with H the input size, P the padding (each side), "
+             "K the kernel, S the stride"]
+    if any(re.search(r"\(\d+ \+ \d+ \+ \d+ −", t) for t in texts):
+        lines.append("  (H + P1 + P2 − K): uneven padding, P1 before and P2 after")
+    if any("·(" in t for t in texts):
+        lines.append("  − D·(K − 1) − 1 in place of − K: a kernel of size K dilated by D")
+    if any("⌈" in t for t in texts):
+        lines.append("  ⌈…⌉: a ceil-mode pooling (PyTorch's ceil_mode; \"− 1\" where its last window "
+                     "would start in the padding)")
+    return lines
+
+
+def size_hint(name: str, model: nn.Module, summary: "Summary", experiment: bool,
+              classes_given: bool) -> list[str]:
+    """Hint lines when ``model`` (registered as ``name``) is given images much smaller than it was
+    designed for, or its maps shrink to 1×1 before the head, and it has a small-input option that
+    is off; none otherwise."""
+    from jaxcnn import models
+
+    if name not in models.MODELS or "small_input" not in models.model_options(name) \
+            or getattr(model, "small_input", True):
+        return []
+    (nh, nw, _), native_classes = models.native_input(name)
+    h, w, c = summary.input_shape
+    collapsed = next((r for r in summary.rows if len(r.output_shape) == 3
+                      and r.output_shape[:2] == (1, 1) and r.arithmetic
+                      and not r.arithmetic.startswith("adaptive")), None)
+    if collapsed is None and 2 * h > nh and 2 * w > nw:
+        return []
+    text = f"hint: {name} was designed for {nh}×{nw} images"
+    if collapsed is not None:
+        text += f"; on {h}×{w} its maps shrink to 1×1 at {collapsed.name}, before the head"
+    else:
+        text += f", much larger than {h}×{w}"
+    if experiment:
+        return [text + f". For {h}×{w} images set model.small_input=True in the experiment "
+                "(its small-input stem; here: --set small_input=True)."]
+    command = f"python -m jaxcnn.summary {name} --input {h},{w},{c}"
+    if not classes_given and native_classes == 1000:
+        text += (f". For {h}×{w} images try its small-input stem, with your data set's class "
+                 "count (e.g. 10):")
+        command += " --num-classes 10"
+    else:
+        text += f". For {h}×{w} images try its small-input stem:"
+    return [text, f"  {command} --set small_input=True"]
 
 
 # -- command line ----------------------------------------------------------------------------------
@@ -397,13 +454,18 @@ def main(argv=None) -> int:
         if args.num_classes is not None and args.num_classes < 1:
             raise UserError(f"--num-classes must be at least 1, got {args.num_classes}.")
         model, shape, label = build(args.target, args.input, args.num_classes, args.sets)
-        text = summary_table(model, shape)
+        summary = summarize(model, shape)
+        text = str(summary)
     except UserError as e:
         if args.debug:
             raise
         print(textwrap.fill("error: " + " ".join(str(e).split()), width=100), file=sys.stderr)
         return 2
     print(text.replace(f"Model: {type(model).__name__}", f"Model: {label}", 1), end="")
+    hint = size_hint(label.split(" ")[0], model, summary, label != args.target,
+                     args.num_classes is not None)
+    for i, line in enumerate(hint):
+        print(textwrap.fill(line, width=100, break_on_hyphens=False) if i == 0 else line)
     return 0
 
 

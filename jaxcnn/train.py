@@ -438,7 +438,7 @@ def train_and_evaluate(config: dict, workdir: str, *, log=print) -> dict:
     session_start = time.perf_counter()
     data = feed.open_data(config["data"])
     if data.warning:
-        log(console.banner(data.warning))
+        console.warn(console.banner(data.warning))
     trainer = Trainer(config, data, make_mesh())
     try:
         return _run(config, workdir, trainer, session_start, log)
@@ -470,10 +470,18 @@ def _run(config: dict, workdir: str, trainer: Trainer, session_start: float, log
     restored = ckpts.restore_latest(trainer.state)
     if restored:
         trainer.state, progress = restored
-        _check_same_stream(progress.data, stream_state, log)
+        _check_same_stream(progress.data, stream_state)
         progress.data = stream_state
-        log(f"resumed from the checkpoint at step {int(trainer.state.step)} (epoch "
-            f"{progress.epoch + 1}, {progress.step_in_epoch}/{steps_per_epoch} steps into it)")
+        if progress.step_in_epoch:
+            where = (f"epoch {progress.epoch + 1} of {epochs}, {progress.step_in_epoch}/"
+                     f"{steps_per_epoch} steps into it")
+        else:
+            where = f"the end of epoch {progress.epoch} of {epochs}"
+        log(f"resumed from the checkpoint at step {int(trainer.state.step)} ({where})")
+        config_file = writer.path("config.json")
+        if writer.enabled and (not os.path.isfile(config_file) or
+                               rundir.read_json(config_file) != rundir.jsonable(config)):
+            writer.write_json("config.json", config)  # e.g. more epochs (--set epochs=N)
     else:
         writer.write_json("config.json", config)
         writer.write_text("model_summary.txt", summary_table(trainer.model, tuple(image_shape)))
@@ -496,11 +504,14 @@ def _run(config: dict, workdir: str, trainer: Trainer, session_start: float, log
         if bad >= 0:
             raise _diverged(bad, trainer, ckpts)
 
-    bar = console.progress_bar(epochs * steps_per_epoch, initial=int(trainer.state.step))
+    bar = console.progress_bar(epochs * steps_per_epoch, initial=int(trainer.state.step),
+                               desc=console.epoch_label(progress.epoch, epochs))
     try:
         with StopSignals() as stop:
             for epoch in range(progress.epoch, epochs):
                 first = progress.step_in_epoch
+                if bar is not None:
+                    bar.set_description(console.epoch_label(epoch, epochs))
                 start = time.perf_counter()
                 wait_before = getattr(trainer.feed, "wait_seconds", None)
                 sums = None
@@ -551,19 +562,18 @@ def _run(config: dict, workdir: str, trainer: Trainer, session_start: float, log
     wall = wall_before + time.perf_counter() - session_start
     summary = console.run_summary(config, trainer, progress, info, wall)
     writer.write_json("summary.json", summary)
-    console.log_done(summary, workdir, writer.enabled, log)
-    if writer.enabled:
-        console.write_plots(workdir, trainer, config, info, log)
+    plots = console.write_plots(workdir, trainer, config, info, log) if writer.enabled else None
+    console.log_done(summary, workdir, writer.enabled, log, plots)
     return summary
 
 
-def _check_same_stream(saved: dict | None, now: dict, log) -> None:
+def _check_same_stream(saved: dict | None, now: dict) -> None:
     """Warns when a run resumes on data that is not what its checkpoint's stream indexed."""
     if saved is None or saved == now:
         return
     changes = ", ".join(f"{k} {saved.get(k)} -> {now.get(k)}" for k in now if saved.get(k) != now.get(k))
-    log(f"WARNING: the data changed since the checkpoint was saved ({changes}); the run goes on, "
-        "but from here on its batches differ from those of an uninterrupted run.")
+    console.warn(f"WARNING: the data changed since the checkpoint was saved ({changes}); the run "
+                 "goes on, but from here on its batches differ from those of an uninterrupted run.")
 
 
 def _diverged(bad_step: int, trainer: Trainer, ckpts: checkpoint.Checkpoints) -> RunStopped:

@@ -149,6 +149,9 @@ def test_sigterm_saves_and_exits_nonzero_and_resume_is_bit_identical(tmp_path, r
 def test_corrupted_latest_checkpoint_falls_back_to_the_one_before(tmp_path, reference):
     workdir = tmp_path / "run"
     shutil.copytree(reference, workdir)
+    # As if killed after its last checkpoint, before its summary (a finished run, with its
+    # summary.json, is left as it is when launched again).
+    (workdir / "summary.json").unlink()
     latest = steps(workdir)[-1]
     state_dir = os.path.join(workdir, "checkpoints", str(latest), "state")
     for folder, _, files in os.walk(state_dir):  # truncate every data file of the newest checkpoint

