@@ -20,6 +20,7 @@ from jaxcnn import console, datasets
 from jaxcnn.datasets import DatasetError, rawfiles, tfds_source
 from jaxcnn.errors import UserError
 from jaxcnn.launch import main
+from test_datasets import write_idx_set
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXPERIMENT = os.path.join(ROOT, "experiments", "lenet_fashion.py")
@@ -95,22 +96,7 @@ def test_an_empty_data_dir_is_refused():
 
 def idx_set(folder, seed, n_train=6, n_test=4):
     """The four MNIST IDX files of random 28x28 images in ``folder``; returns the test labels."""
-    import struct
-
-    rng = np.random.default_rng(seed)
-    arrays = {
-        "train_images": rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8),
-        "train_labels": rng.integers(0, 10, n_train, dtype=np.uint8),
-        "test_images": rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8),
-        "test_labels": rng.integers(0, 10, n_test, dtype=np.uint8),
-    }
-    folder.mkdir(parents=True, exist_ok=True)
-    for key, stem in datasets.IDX_FILES.items():
-        array = arrays[key]
-        header = struct.pack(">HBB", 0, 0x08, array.ndim)
-        header += b"".join(struct.pack(">I", dim) for dim in array.shape)
-        (folder / stem).write_bytes(header + array.tobytes())
-    return arrays["test_labels"]
+    return write_idx_set(folder, n_train, n_test, seed=seed)["test_labels"]
 
 
 @pytest.fixture
