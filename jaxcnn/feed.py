@@ -119,7 +119,7 @@ def augmentation_of(data_config: dict) -> stream.Augmentation:
                                data_config["crop_padding"], data_config["flip"])
 
 
-def _replicated(mesh: Mesh, tree):
+def replicated(mesh: Mesh, tree):
     """A copy of ``tree`` on every device of the mesh, across all processes (each process fills
     its own devices with the same values)."""
     sharding = NamedSharding(mesh, P())
@@ -176,7 +176,7 @@ class MemoryFeed:
     def __init__(self, data: Dataset, mesh: Mesh, settings, epoch_loop: str):
         self.mesh, self.settings, self.epoch_loop = mesh, settings, epoch_loop
         self.num_train, self.num_test = data.num_train, data.num_test
-        put = functools.partial(_replicated, mesh)
+        put = functools.partial(replicated, mesh)
         self.train_images, self.train_labels = put(data.train_images), put(data.train_labels)
         self.test_images, self.test_labels = put(data.test_images), put(data.test_labels)
         self.steps_per_call = settings.steps_per_epoch if epoch_loop == "scan" else 1

@@ -315,7 +315,7 @@ class Trainer:
         self.schedule = optim.make_schedule(config, self.steps_per_epoch)
         tx = optim.make_optimizer(config, self.schedule)
         state = create_train_state(self.model, tx, image_shape, config["seed"])
-        self.state = feed._replicated(mesh, state.replace(apply_fn=step_model.apply))
+        self.state = feed.replicated(mesh, state.replace(apply_fn=step_model.apply))
         self.param_count = sum(x.size for x in jax.tree.leaves(state.params))
 
         if self.streaming:
@@ -325,7 +325,7 @@ class Trainer:
             self.feed = feed.MemoryFeed(data, mesh, self.settings, self.epoch_loop)
         self._train_sums0, self._eval_sums0 = zero_sums(state, eval_batch_size, image_shape)
         start = time.perf_counter()
-        self.feed.compile(self.state, self.zero_sums(), feed._replicated(mesh, self._eval_sums0))
+        self.feed.compile(self.state, self.zero_sums(), feed.replicated(mesh, self._eval_sums0))
         self.compile_seconds = time.perf_counter() - start
 
     def _choose_epoch_loop(self, loop: str) -> str:
@@ -360,7 +360,7 @@ class Trainer:
         zeros = self._train_sums0
         if saved is not None:
             zeros = {k: np.asarray(saved[k], v.dtype) for k, v in zeros.items()}
-        return feed._replicated(self.mesh, zeros)
+        return feed.replicated(self.mesh, zeros)
 
     def run_train_steps(self, epoch: int, first_step: int = 0, saved_sums: dict | None = None):
         """Trains ``epoch`` from ``first_step``: yields (steps done in the epoch, metric sums)
@@ -386,7 +386,7 @@ class Trainer:
 
     def evaluate(self) -> dict:
         """Loss, top-1 (and top-5) accuracy over every test example exactly once."""
-        m = jax.device_get(self.feed.evaluate(self.state, feed._replicated(self.mesh, self._eval_sums0)))
+        m = jax.device_get(self.feed.evaluate(self.state, feed.replicated(self.mesh, self._eval_sums0)))
         out = {"test_loss": float(m["loss"] / m["count"]),
                "test_accuracy": float(m["correct"] / m["count"]),
                "test_count": int(m["count"])}
