@@ -44,33 +44,65 @@ def memory_budget_bytes(data_config: dict) -> int:
         return 4 * 2**30
 
 
+def planned_pipeline(data_config: dict) -> str:
+    """The pipeline ``data_config`` will use, as far as it is known without data: 'memory',
+    'stream', or 'auto' where only the dataset's size decides."""
+    pipeline = data_config["pipeline"]
+    if pipeline != "auto":
+        return pipeline
+    if data_config["random_resized_crop"]:
+        return "stream"
+    return "memory" if data_config["dataset"] in datasets.BUILTIN_NAMES else "auto"
+
+
+def choose_epoch_loop(requested: str, pipeline: str) -> str:
+    """'step' or 'scan' for ``pipeline`` ('memory', 'stream', or 'auto' while unknown):
+    'auto' means 'step' on CPU (faster there) and with the stream, 'scan' elsewhere in memory."""
+    import jax
+
+    if pipeline == "stream":
+        if requested == "scan":
+            raise UserError(
+                "epoch_loop 'scan' runs a whole epoch in one call over data on the devices; the "
+                "streaming pipeline feeds one batch per step. Use --set epoch_loop=step (or "
+                "auto), or data.pipeline=memory.")
+        return "step"
+    if requested == "auto":
+        return "scan" if pipeline == "memory" and jax.default_backend() != "cpu" else "step"
+    return requested
+
+
+def check_combinations(config: dict, pipeline: str, epoch_loop: str) -> None:
+    """Refuses settings that cannot go together with ``pipeline`` and ``epoch_loop`` (as
+    planned before the data is read, or as chosen once it is)."""
+    if config["data"]["random_resized_crop"] and pipeline == "memory":
+        raise UserError(
+            "data.random_resized_crop crops each image anew from its full-size original, which "
+            "the memory pipeline does not keep: use --set data.pipeline=stream (or auto).")
+    if config["checkpoint"]["every_steps"] and epoch_loop == "scan":
+        raise UserError(
+            "checkpoint.every_steps needs epoch_loop 'step': the scan loop runs a whole epoch in "
+            "one call, so it can only save at epoch ends. Set --set epoch_loop=step or drop "
+            "checkpoint.every_steps.")
+
+
 def open_data(data_config: dict) -> Dataset | StreamingDataset:
     """The run's data: whole in memory or as a stream, by ``data.pipeline`` (limited by
     max_train_examples / max_test_examples)."""
-    name, data_dir = data_config["dataset"], data_config["data_dir"]
-    size, pipeline = data_config["image_size"], data_config["pipeline"]
+    name, data_dir, size = data_config["dataset"], data_config["data_dir"], data_config["image_size"]
+    pipeline, streaming = planned_pipeline(data_config), None
     if pipeline == "auto":
-        pipeline = _auto_pipeline(data_config)
+        streaming = datasets.open_streaming(name, data_dir, image_size=size)
+        pipeline = _memory_or_stream(data_config, streaming)
     if pipeline == "memory":
-        if data_config["random_resized_crop"]:
-            raise UserError(
-                "data.random_resized_crop crops each image anew from its full-size original, "
-                "which the memory pipeline does not keep: use --set data.pipeline=stream (or "
-                "auto).")
         data = datasets.load(name, data_dir, image_size=size)
     else:
-        data = datasets.open_streaming(name, data_dir, image_size=size)
+        data = streaming or datasets.open_streaming(name, data_dir, image_size=size)
     return limit(data, data_config["max_train_examples"], data_config["max_test_examples"])
 
 
-def _auto_pipeline(data_config: dict) -> str:
-    if data_config["random_resized_crop"]:
-        return "stream"
-    name = data_config["dataset"]
-    if name in datasets.BUILTIN_NAMES:
-        return "memory"  # 180 MB at most
-    streaming = datasets.open_streaming(name, data_config["data_dir"],
-                                        image_size=data_config["image_size"])
+def _memory_or_stream(data_config: dict, streaming: StreamingDataset) -> str:
+    """'memory' when ``streaming`` fits the memory budget at the run's image size."""
     if isinstance(streaming.train, datasets.ArraySource):
         return "memory"
     size = data_config["image_size"]

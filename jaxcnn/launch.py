@@ -139,32 +139,12 @@ def check_before_workdir(config: dict) -> None:
 
     d = config["data"]
     datasets.check_name(d["dataset"], d["data_dir"])
-    devices = jax.device_count()
-    if config["batch_size"] % devices:
-        raise UserError(
-            f"batch_size {config['batch_size']} does not divide over the {devices} devices. "
-            f"Use a multiple of {devices}, e.g. --set batch_size="
-            f"{max(1, round(config['batch_size'] / devices)) * devices}.")
-    if d["random_resized_crop"] and d["pipeline"] == "memory":
-        raise UserError(
-            "data.random_resized_crop crops each image anew from its full-size original, which "
-            "the memory pipeline does not keep: use --set data.pipeline=stream (or auto).")
-    if config["epoch_loop"] == "scan" and d["pipeline"] == "stream":
-        raise UserError(
-            "epoch_loop 'scan' runs a whole epoch in one call over data on the devices; the "
-            "streaming pipeline feeds one batch per step. Use --set epoch_loop=step (or auto), "
-            "or data.pipeline=memory.")
-    loop = config["epoch_loop"]
-    in_memory = d["pipeline"] == "memory" or (
-        d["pipeline"] == "auto" and not d["random_resized_crop"]
-        and d["dataset"] in datasets.BUILTIN_NAMES)
-    if loop == "auto" and in_memory and jax.default_backend() != "cpu":
-        loop = "scan"  # as the Trainer chooses it
-    if config["checkpoint"]["every_steps"] and loop == "scan":
-        raise UserError(
-            "checkpoint.every_steps needs epoch_loop 'step': the scan loop runs a whole epoch in "
-            "one call, so it can only save at epoch ends. Set --set epoch_loop=step or drop "
-            "checkpoint.every_steps.")
+    from jaxcnn import feed, train
+
+    train.check_batch_size(config["batch_size"], jax.device_count())
+
+    pipeline = feed.planned_pipeline(d)
+    feed.check_combinations(config, pipeline, feed.choose_epoch_loop(config["epoch_loop"], pipeline))
 
 
 def _saved_config(workdir: str) -> dict | None:

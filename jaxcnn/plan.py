@@ -31,7 +31,7 @@ import sys
 import tempfile
 import time
 
-from jaxcnn.errors import EXIT_USER_ERROR, UserError, report
+from jaxcnn.errors import UserError, report
 
 
 @dataclasses.dataclass(frozen=True)
@@ -228,16 +228,15 @@ def plan(config: dict, target: str, num_classes: int | None = None) -> dict:
     devices, chip = target_devices(target)
     mesh = Mesh(devices, (train.AXIS,))
     n = mesh.size
-    if config["batch_size"] % n:
-        raise UserError(f"batch_size {config['batch_size']} does not divide over the {n} devices "
-                        f"of {target}: use a multiple of {n}.")
+    train.check_batch_size(config["batch_size"], n, f" of {target}")
     shape, classes, num_train, num_test = data_shape(config, num_classes)
     if config["batch_size"] > num_train:
         raise UserError(f"batch_size {config['batch_size']} is larger than the {num_train:,} "
                         "training examples: lower batch_size.")
     d = config["data"]
-    streaming = d["pipeline"] == "stream" or (d["pipeline"] == "auto" and (
-        d["random_resized_crop"] or d["dataset"] not in feed.datasets.BUILTIN_NAMES))
+    # Without data, 'auto' on a dataset that is not built in is planned as the stream it would
+    # most likely be (ImageNet-size data).
+    streaming = feed.planned_pipeline(d) != "memory"
     normalize = input_pipeline.Normalization((0.5,) * shape[2], (0.25,) * shape[2])
     settings = train.StepSettings.of(config, num_train=num_train, num_test=num_test,
                                      num_devices=n, image_shape=shape, normalize=normalize,

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax.training import train_state
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh
 
 from jaxcnn import checkpoint, console, datasets, feed, input_pipeline, models, optim, rundir, stream
 from jaxcnn.checkpoint import Progress
@@ -255,6 +255,15 @@ def _add(a, b):
     return jax.tree.map(jnp.add, a, b)
 
 
+def check_batch_size(batch_size: int, num_devices: int, where: str = "") -> None:
+    """UserError unless the global ``batch_size`` splits evenly over ``num_devices``."""
+    if batch_size % num_devices:
+        raise UserError(
+            f"batch_size {batch_size} does not divide over the {num_devices} devices{where}. "
+            f"Use a multiple of {num_devices}, e.g. --set batch_size="
+            f"{max(1, round(batch_size / num_devices)) * num_devices}.")
+
+
 def zero_sums(state: TrainState, eval_batch_size: int, image_shape) -> tuple[dict, dict]:
     """The metric sums a train epoch and an evaluation start from (NumPy zeros; the eval sums'
     structure, with or without top-5, comes from tracing ``eval_step``)."""
@@ -282,11 +291,7 @@ class Trainer:
         self.config, self.data, self.mesh = config, data, mesh
         self.num_devices = mesh.size
         batch_size = config["batch_size"]
-        if batch_size % self.num_devices:
-            raise UserError(
-                f"batch_size {batch_size} does not divide over the {self.num_devices} devices. "
-                f"Use a multiple of {self.num_devices}, e.g. --set batch_size="
-                f"{max(1, round(batch_size / self.num_devices)) * self.num_devices}.")
+        check_batch_size(batch_size, self.num_devices)
         self.num_train, self.num_test = data.num_train, data.num_test
         self.steps_per_epoch = self.num_train // batch_size
         if self.steps_per_epoch == 0:
@@ -295,7 +300,8 @@ class Trainer:
                 "lower batch_size.")
         self.streaming = isinstance(data, datasets.StreamingDataset)
         self.pipeline = "stream" if self.streaming else "memory"
-        self.epoch_loop = self._choose_epoch_loop(config["epoch_loop"])
+        self.epoch_loop = feed.choose_epoch_loop(config["epoch_loop"], self.pipeline)
+        feed.check_combinations(config, self.pipeline, self.epoch_loop)
         d = config["data"]
         augmentation = feed.augmentation_of(d)
         image_shape = self._image_shape(data, d["image_size"])
@@ -327,18 +333,6 @@ class Trainer:
         start = time.perf_counter()
         self.feed.compile(self.state, self.zero_sums(), feed.replicated(mesh, self._eval_sums0))
         self.compile_seconds = time.perf_counter() - start
-
-    def _choose_epoch_loop(self, loop: str) -> str:
-        if self.streaming:
-            if loop == "scan":
-                raise UserError(
-                    "epoch_loop 'scan' runs a whole epoch in one call over data on the devices; "
-                    "the streaming pipeline feeds one batch per step. Use --set epoch_loop=step "
-                    "(or auto), or data.pipeline=memory.")
-            return "step"
-        if loop == "auto":
-            return "step" if jax.default_backend() == "cpu" else "scan"
-        return loop
 
     @staticmethod
     def _image_shape(data, image_size: int | None) -> tuple[int, int, int]:
@@ -449,11 +443,6 @@ def train_and_evaluate(config: dict, workdir: str, *, log=print) -> dict:
 def _run(config: dict, workdir: str, trainer: Trainer, session_start: float, log) -> dict:
     data, steps_per_epoch, epochs = trainer.data, trainer.steps_per_epoch, config["epochs"]
     every_steps = config["checkpoint"]["every_steps"]
-    if every_steps and trainer.epoch_loop == "scan":
-        raise UserError(
-            "checkpoint.every_steps needs epoch_loop 'step': the scan loop runs a whole epoch in "
-            "one call, so it can only save at epoch ends. Set --set epoch_loop=step or drop "
-            "checkpoint.every_steps.")
     writer = rundir.RunWriter(workdir, enabled=jax.process_index() == 0)
     ckpts = checkpoint.Checkpoints(os.path.join(workdir, "checkpoints"), config["checkpoint"]["keep"])
     image_shape = list(trainer.settings.image_shape)

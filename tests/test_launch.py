@@ -52,8 +52,8 @@ def test_extend_reads_the_base_file_beside_the_calling_file(tmp_path, monkeypatc
     folder = tmp_path / "exps"
     folder.mkdir()
     write(folder, "config = {'name': 'base', 'epochs': 3, 'data': {'flip': True}}\n", "base.py")
-    path = write(folder, "from jaxcnn.config import extend\n"
-                         "config = extend(__file__, 'base.py', {'data': {'crop_padding': 4}})\n")
+    write(folder, "from jaxcnn.config import extend\n"
+          "config = extend(__file__, 'base.py', {'data': {'crop_padding': 4}})\n")
     monkeypatch.chdir(tmp_path)  # the base file is found beside exp.py, not in the cwd
     assert config_lib.load_experiment(os.path.join("exps", "exp.py")) == {
         "epochs": 3, "data": {"flip": True, "crop_padding": 4}}  # the base's name is dropped

@@ -5,7 +5,6 @@ all-reduce aborted here after 40 s ("only 1 of them arrived"), while the small t
 One epoch's losses agree to float-rounding drift: the device sums are added in another order,
 and 468 steps let the difference grow a little."""
 
-import jax
 import numpy as np
 import pytest
 from jax.sharding import Mesh
