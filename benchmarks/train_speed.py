@@ -63,9 +63,10 @@ def load_data(kind: str):
 
 def run_jaxcnn(model: str, batch_size: int, warmup: int, images: int) -> dict:
     sys.path.insert(0, ROOT)
-    from jaxcnn import hostmem
+    from jaxcnn import cpu_devices, hostmem
 
     hostmem.keep_freed_memory()
+    cpu_devices.request()  # as the launcher: one host device per core ($JAXCNN_CPU_DEVICES)
     import jax
 
     from jaxcnn import config as config_lib, datasets, input_pipeline, train
@@ -76,7 +77,7 @@ def run_jaxcnn(model: str, batch_size: int, warmup: int, images: int) -> dict:
     config = config_lib.resolve({"model": model_config, "optimizer": optimizer,
                                  "batch_size": batch_size, "epoch_loop": "step"})
     t = time.perf_counter()
-    trainer = train.Trainer(config, data, train.make_mesh())
+    trainer = train.Trainer(config, data, train.mesh_for(config, data))
     setup = time.perf_counter() - t
     steps = min(images // batch_size, trainer.steps_per_epoch - warmup)
     run = trainer.run_train_steps(0)  # the launcher's own loop, queue depth included
@@ -104,7 +105,8 @@ def run_jaxcnn(model: str, batch_size: int, warmup: int, images: int) -> dict:
     pipeline_seconds = (time.perf_counter() - t) / steps
     return {"images_per_s": batch_size / step_seconds,
             "compile_s": trainer.compile_seconds, "setup_s": setup,
-            "pipeline_share": pipeline_seconds / step_seconds, "params": trainer.param_count}
+            "pipeline_share": pipeline_seconds / step_seconds, "params": trainer.param_count,
+            "devices": trainer.num_devices}
 
 
 # -- PyTorch ---------------------------------------------------------------------------------
@@ -262,14 +264,15 @@ def main():
             row = (f"| {model} | {bs} | {spread(jx)} | {spread(pt)} | "
                    f"{statistics.median(jx) / statistics.median(pt):.2f}x | "
                    f"{statistics.median(r['compile_s'] for r in results['jaxcnn']):.1f} s | "
-                   f"{100 * statistics.median(r['pipeline_share'] for r in results['jaxcnn']):.1f}% |")
+                   f"{100 * statistics.median(r['pipeline_share'] for r in results['jaxcnn']):.1f}% | "
+                   f"{results['jaxcnn'][0]['devices']} |")
             if params[0] != params[1]:
                 row += f" (parameters differ: {params[0]:,} vs {params[1]:,})"
             print(row, flush=True)
             rows.append(row)
     print("\n| model | batch | jaxcnn img/s median [min-max] | PyTorch eager img/s | ratio | "
-          "jaxcnn compile | input pipeline share of step |")
-    print("|---|---|---|---|---|---|---|")
+          "jaxcnn compile | input pipeline share of step | jaxcnn devices |")
+    print("|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
 
 

@@ -16,7 +16,7 @@ import os
 import sys
 import textwrap
 
-from jaxcnn import hostmem
+from jaxcnn import cpu_devices, hostmem
 from jaxcnn.errors import EXIT_USER_ERROR, RunStopped, UserError, print_paragraph, report
 
 
@@ -141,7 +141,8 @@ def check_before_workdir(config: dict) -> None:
     datasets.check_name(d["dataset"], d["data_dir"])
     from jaxcnn import feed, train
 
-    train.check_batch_size(config["batch_size"], jax.device_count())
+    # With jaxcnn's own host devices the run uses as many as divide the batch (jaxcnn.cpu_devices).
+    train.check_batch_size(config["batch_size"], 1 if cpu_devices.requested() else jax.device_count())
 
     pipeline = feed.planned_pipeline(d)
     feed.check_combinations(config, pipeline, feed.choose_epoch_loop(config["epoch_loop"], pipeline))
@@ -228,6 +229,9 @@ def main(argv=None) -> int:
     hostmem.keep_freed_memory()  # before JAX starts its CPU backend; see jaxcnn/hostmem.py
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
+        # One host device per core where the model has work for them (jaxcnn/cpu_devices.py);
+        # before anything starts JAX's backends.
+        cpu_devices.request(multi_process=args.auto_distributed or args.coordinator is not None)
         config, workdir = prepare(args)
         init_distributed(args)
         use_compilation_cache()

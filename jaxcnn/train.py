@@ -25,11 +25,12 @@ import optax
 from flax.training import train_state
 from jax.sharding import Mesh
 
-from jaxcnn import checkpoint, console, datasets, feed, input_pipeline, models, optim, rundir, stream
+from jaxcnn import (checkpoint, console, cpu_devices, datasets, feed, input_pipeline, models, optim,
+                    rundir, stream)
 from jaxcnn.checkpoint import Progress
 from jaxcnn.errors import RunStopped, UserError
 from jaxcnn.signals import StopSignals
-from jaxcnn.summary import summary_table
+from jaxcnn.summary import summarize, summary_table
 
 AXIS = "data"
 # Calls the host may queue on several devices before it waits for the oldest one's metrics.
@@ -411,9 +412,21 @@ def epoch_means(sums) -> dict:
     return {"train_loss": float(m["loss"] / count), "train_accuracy": float(m["correct"] / count)}
 
 
-def make_mesh() -> Mesh:
-    """A one-axis ('data') mesh of every device of every process."""
-    return Mesh(np.array(jax.devices()), (AXIS,))
+def make_mesh(devices=None) -> Mesh:
+    """A one-axis ('data') mesh of ``devices`` (default: every device of every process)."""
+    return Mesh(np.array(jax.devices() if devices is None else devices), (AXIS,))
+
+
+def mesh_for(config: dict, data: datasets.Dataset | datasets.StreamingDataset) -> Mesh:
+    """The mesh a run of ``config`` on ``data`` trains on: every device, except that the host
+    devices jaxcnn made itself (one per core, see jaxcnn.cpu_devices) are used only as far as
+    the model has work for them."""
+    flops = None
+    if cpu_devices.requested():
+        image_shape = Trainer._image_shape(data, config["data"]["image_size"])
+        model = models.from_config(config["model"], data.num_classes, config["precision"])
+        flops = summarize(model, tuple(image_shape)).total_flops
+    return make_mesh(cpu_devices.choose(jax.devices(), config["batch_size"], flops))
 
 
 # -- the run ------------------------------------------------------------------------------------
@@ -433,7 +446,7 @@ def train_and_evaluate(config: dict, workdir: str, *, log=print) -> dict:
     data = feed.open_data(config["data"])
     if data.warning:
         console.warn(console.banner(data.warning))
-    trainer = Trainer(config, data, make_mesh())
+    trainer = Trainer(config, data, mesh_for(config, data))
     try:
         return _run(config, workdir, trainer, session_start, log)
     finally:

@@ -13,12 +13,16 @@ tanh and trainable subsampling, and every C3 map connected to every S2 map.
 ``conv1_padding=0``: the shapes after the first convolution are then the same.
 """
 
+import functools
 from typing import Any, Callable
 
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxcnn.models.layers import check_int, max_pool
+from jaxcnn.models.layers import check_int, conv_with_tap_input_gradient, max_pool
+
+# nn.Conv with an input gradient XLA:CPU runs faster here (1.15x a step; see the function).
+Conv = functools.partial(nn.Conv, conv_general_dilated=conv_with_tap_input_gradient)
 
 
 class LeNet5(nn.Module):
@@ -26,7 +30,7 @@ class LeNet5(nn.Module):
 
     num_classes: int = 10
     conv1_padding: int = 2
-    conv: Callable[..., nn.Module] = nn.Conv
+    conv: Callable[..., nn.Module] = Conv
     dtype: Any = jnp.float32
 
     def __post_init__(self):

@@ -1,0 +1,84 @@
+"""A/B measurements of jaxcnn's CPU levers: XLA flags and host device counts, in one run.
+
+    python benchmarks/cpu_levers.py --models lenet5 --batch-sizes 128 --rounds 3 \\
+        --variant 1dev=JAXCNN_CPU_DEVICES=1 \\
+        --variant 2dev="--xla_force_host_platform_device_count=2" \\
+        --variant vec512="JAXCNN_CPU_DEVICES=1 --xla_cpu_prefer_vector_width=512"
+
+Each ``--variant NAME=SPEC`` is one configuration of jaxcnn's Trainer (what the launcher runs):
+SPEC's ``VAR=VALUE`` words are environment variables, its ``--flags`` are ``XLA_FLAGS`` (with
+neither, jaxcnn's default: ``jaxcnn.cpu_devices``); ``--torch`` adds the plain PyTorch loop. Every measurement is a fresh process
+(``benchmarks/train_speed.py``'s worker), the variants alternate and their order rotates every
+round, so all see the same machine. Printed: images/s median [min-max] per variant, and its ratio
+to the first variant (and to PyTorch when measured).
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import train_speed  # noqa: E402
+
+
+def environment(spec: str) -> dict:
+    """The worker's environment for a variant: ``NAME=VALUE`` words set variables
+    (``JAXCNN_CPU_DEVICES=1``), the rest is ``XLA_FLAGS``."""
+    words = spec.split()
+    env = dict(w.split("=", 1) for w in words if "=" in w and not w.startswith("-"))
+    env["XLA_FLAGS"] = " ".join(w for w in words if w.startswith("-"))
+    return dict(os.environ, **env)
+
+
+def measure(side: str, model: str, batch_size: int, flags: str, args) -> float:
+    cmd = [sys.executable, os.path.join(HERE, "train_speed.py"), "--worker", side,
+           "--models", model, "--batch-sizes", str(batch_size), "--warmup", str(args.warmup),
+           "--images", str(args.images or train_speed.DEFAULT_IMAGES[model])]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=environment(flags))
+    if out.returncode != 0:
+        sys.exit(f"{side} worker failed ({model}, batch {batch_size}, {flags!r}):\n"
+                 f"{out.stderr[-3000:]}")
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    return result["images_per_s"]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", default="lenet5")
+    parser.add_argument("--batch-sizes", default="128")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--images", type=int, default=None)
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME=XLA_FLAGS")
+    parser.add_argument("--torch", action="store_true", help="measure the PyTorch loop too")
+    args = parser.parse_args()
+    variants = [v.split("=", 1) if "=" in v else (v, "") for v in args.variant] or [("base", "")]
+    sides = [(name, "jaxcnn", flags) for name, flags in variants]
+    if args.torch:
+        sides.append(("pytorch", "torch", ""))
+    for model in args.models.split(","):
+        for bs in (int(b) for b in args.batch_sizes.split(",")):
+            results = {name: [] for name, _, _ in sides}
+            for r in range(args.rounds):
+                k = r % len(sides)
+                for name, side, flags in sides[k:] + sides[:k]:
+                    results[name].append(measure(side, model, bs, flags, args))
+                    print(f"  {model} {bs} {name}: {results[name][-1]:,.0f}", file=sys.stderr,
+                          flush=True)
+            first = statistics.median(results[sides[0][0]])
+            peer = statistics.median(results["pytorch"]) if args.torch else None
+            for name, _, flags in sides:
+                med = statistics.median(results[name])
+                line = (f"| {model} | {bs} | {name} | {train_speed.spread(results[name])} | "
+                        f"{med / first:.2f}x |")
+                if peer:
+                    line += f" {med / peer:.2f}x |"
+                print(line, flush=True)
+
+
+if __name__ == "__main__":
+    main()
