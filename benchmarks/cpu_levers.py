@@ -14,14 +14,11 @@ to the first variant (and to PyTorch when measured).
 """
 
 import argparse
-import json
 import os
 import statistics
-import subprocess
 import sys
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import train_speed  # noqa: E402
 
 
@@ -34,18 +31,6 @@ def environment(spec: str) -> dict:
     return dict(os.environ, **env)
 
 
-def measure(side: str, model: str, batch_size: int, flags: str, args) -> float:
-    cmd = [sys.executable, os.path.join(HERE, "train_speed.py"), "--worker", side,
-           "--models", model, "--batch-sizes", str(batch_size), "--warmup", str(args.warmup),
-           "--images", str(args.images or train_speed.DEFAULT_IMAGES[model])]
-    out = subprocess.run(cmd, capture_output=True, text=True, env=environment(flags))
-    if out.returncode != 0:
-        sys.exit(f"{side} worker failed ({model}, batch {batch_size}, {flags!r}):\n"
-                 f"{out.stderr[-3000:]}")
-    result = json.loads(out.stdout.strip().splitlines()[-1])
-    return result["images_per_s"]
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default="lenet5")
@@ -53,7 +38,7 @@ def main():
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--images", type=int, default=None)
-    parser.add_argument("--variant", action="append", default=[], metavar="NAME=XLA_FLAGS")
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME=SPEC")
     parser.add_argument("--torch", action="store_true", help="measure the PyTorch loop too")
     args = parser.parse_args()
     variants = [v.split("=", 1) if "=" in v else (v, "") for v in args.variant] or [("base", "")]
@@ -66,7 +51,8 @@ def main():
             for r in range(args.rounds):
                 k = r % len(sides)
                 for name, side, flags in sides[k:] + sides[:k]:
-                    results[name].append(measure(side, model, bs, flags, args))
+                    results[name].append(train_speed.measure(side, model, bs, args, environment(flags))
+                                          ["images_per_s"])
                     print(f"  {model} {bs} {name}: {results[name][-1]:,.0f}", file=sys.stderr,
                           flush=True)
             first = statistics.median(results[sides[0][0]])

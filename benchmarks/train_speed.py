@@ -209,13 +209,16 @@ def run_torch(model: str, batch_size: int, warmup: int, images: int) -> dict:
 
 # -- driver ----------------------------------------------------------------------------------
 
-def measure(side: str, model: str, batch_size: int, args) -> dict:
+def measure(side: str, model: str, batch_size: int, args, env: dict | None = None) -> dict:
+    """One fresh worker process's result; ``env``: its environment (default: ours, no XLA_FLAGS)."""
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", side, "--models", model,
            "--batch-sizes", str(batch_size), "--warmup", str(args.warmup),
            "--images", str(args.images or DEFAULT_IMAGES[model])]
-    out = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, XLA_FLAGS=""))
+    env = dict(os.environ, XLA_FLAGS="") if env is None else env
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if out.returncode != 0:
-        sys.exit(f"{side} worker failed ({model}, batch {batch_size}):\n{out.stderr[-3000:]}")
+        sys.exit(f"{side} worker failed ({model}, batch {batch_size}, "
+                 f"XLA_FLAGS={env.get('XLA_FLAGS', '')!r}):\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

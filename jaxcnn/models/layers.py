@@ -228,6 +228,9 @@ def flatten(x):
 
 # -- other layers ----------------------------------------------------------------------------------
 
+NHWC = ("NHWC", "HWIO", "NHWC")
+
+
 def conv_with_tap_input_gradient(lhs, rhs, window_strides, padding, lhs_dilation=None,
                                  rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
                                  batch_group_count=1, precision=None, preferred_element_type=None):
@@ -254,9 +257,6 @@ def conv_with_tap_input_gradient(lhs, rhs, window_strides, padding, lhs_dilation
             lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
             feature_group_count, batch_group_count, precision, preferred_element_type)
     return _tap_conv(lhs, rhs, tuple(tuple(int(v) for v in p) for p in pairs), precision)
-
-
-NHWC = ("NHWC", "HWIO", "NHWC")
 
 
 def _is_nhwc(dimension_numbers, ndim: int) -> bool:
