@@ -7,14 +7,17 @@ The probes behind the README's CPU lever table. Every variant is the same LeNet-
 ``LeNet5`` Module, Adam, softmax cross-entropy, synthetic 28x28x1 batch, donated state), jitted
 as one step; only one part changes:
 
-- ``xla``: as jaxcnn trains it (``nn.Conv``, XLA's derived gradients);
+- ``xla``: NHWC with ``nn.Conv`` and XLA's derived gradients (``LeNet5(lowering="xla")``);
+- ``rows``: as jaxcnn trains it on a CPU: the batch row-major, each convolution one banded
+  matrix product (``LeNet5(lowering="rows")``, ``jaxcnn.models.rows``);
 - ``taps_conv1``: the 1-channel first convolution as 25 shifted multiply-adds with a
   ``custom_vjp`` (weight gradient as 25 reductions) and ``lax.optimization_barrier`` on its
   output, so XLA cannot recompute the sum inside its consumers;
 - ``col2im_conv2``: the second convolution's input gradient as one matrix product
   ``dy @ W^T`` and a col2im (shifted adds), behind ``lax.optimization_barrier``;
 - ``col2im_dus_conv2``: the same product computed tap-major (``[K, K, N, OH, OW, C]``, so each
-  tap's piece is contiguous) and added in place, tap by tap (``dynamic_update_slice``);
+  tap's piece is contiguous) and added in place, tap by tap (``dynamic_update_slice``): the
+  default before ``rows``;
 - ``valid_conv2``: that input gradient as an explicit pad + VALID convolution of the flipped
   kernel (what XLA builds, with the padding outside the convolution);
 - ``nchw``: the convolutions in NCHW / OIHW (transposes around them, for XLA to fold into
@@ -36,7 +39,7 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-VARIANTS = ("xla", "taps_conv1", "col2im_conv2", "col2im_dus_conv2", "valid_conv2", "nchw",
+VARIANTS = ("xla", "rows", "taps_conv1", "col2im_conv2", "col2im_dus_conv2", "valid_conv2", "nchw",
             "flat_adam")
 NHWC = ("NHWC", "HWIO", "NHWC")
 
@@ -126,7 +129,7 @@ def build_conv(variant: str):
             return y.transpose(0, 2, 3, 1)
         return xla_conv(lhs, rhs, pad)
 
-    return None if variant in ("xla", "flat_adam") else conv
+    return None if variant in ("xla", "rows", "flat_adam") else conv
 
 
 def run_variant(variant: str, batch_size: int, images: int) -> dict:
@@ -142,7 +145,11 @@ def run_variant(variant: str, batch_size: int, images: int) -> dict:
     from jaxcnn.models.lenet import LeNet5
 
     hook = build_conv(variant)
-    model = LeNet5(conv=functools.partial(nn.Conv, conv_general_dilated=hook) if hook else nn.Conv)
+    if variant == "rows":
+        model = LeNet5(lowering="rows")
+    else:
+        model = LeNet5(lowering="xla",
+                       conv=functools.partial(nn.Conv, conv_general_dilated=hook) if hook else nn.Conv)
     rng = np.random.default_rng(0)
     x = jax.numpy.asarray(rng.normal(size=(batch_size, 28, 28, 1)).astype(np.float32))
     y = jax.numpy.asarray(rng.integers(0, 10, batch_size))

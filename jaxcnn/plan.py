@@ -242,6 +242,8 @@ def plan(config: dict, target: str, num_classes: int | None = None) -> dict:
                                      num_devices=n, image_shape=shape, normalize=normalize,
                                      streaming=streaming)
     model = models.from_config(config["model"], classes, config["precision"])
+    if target != "cpu" and getattr(model, "lowering", None) == "auto":
+        model = model.clone(lowering="xla")  # 'auto' goes by the backend of this host, a CPU
     step_model = model.clone(axis_name=train.AXIS) if hasattr(model, "axis_name") else model
     tx = optim.make_optimizer(config, optim.make_schedule(config, settings.steps_per_epoch))
     abstract = jax.eval_shape(lambda: train.create_train_state(model, tx, shape, config["seed"]))

@@ -40,6 +40,7 @@ from matplotlib.figure import Figure
 
 from jaxcnn import optim, rundir
 from jaxcnn.errors import UserError, report
+from jaxcnn.models import layer_view
 
 DPI = 100
 MAX_MAPS = 16  # feature maps shown per stage
@@ -91,7 +92,11 @@ def _show(ax, mosaic: np.ndarray, cmap: str = "gray") -> None:
 
 def module_outputs(apply_fn, variables, images) -> list[tuple[tuple, bool, np.ndarray]]:
     """(path, owns a 'kernel', output) of every module call of ``apply_fn(variables, images)``
-    (evaluation mode) whose output is one array, in the order the calls return."""
+    (evaluation mode) whose output is one array, in the order the calls return. A Module's
+    ``apply`` runs as its ``layer_view`` (LeNet-5's NHWC layers, not its row-major form)."""
+    module = getattr(apply_fn, "__self__", None)
+    if isinstance(module, nn.Module):
+        apply_fn = layer_view(module).apply
     found = []
 
     def forward(variables, images):

@@ -27,7 +27,10 @@ from one abstract trace of the forward pass (``jax.make_jaxpr``, shapes only):
   analysis) is not used: it skips a convolution's padding taps and counts no multiply-accumulates
   (LeNet-5: 831,066 FLOPs, against 852,370 counted here). A module whose computation is not its
   cost (LeNet-5's C3 runs its sparse connections as a dense convolution with zero weights) defines
-  ``summary_cost(input_shape, output_shape) -> (FLOPs, multiply-accumulates)`` for one image.
+  ``summary_cost(input_shape, output_shape) -> (FLOPs, multiply-accumulates)`` for one image;
+  a model that computes its layers in another form (LeNet-5's banded matrix products on a CPU)
+  defines ``layer_view()``, the same network layer by layer, which the table is made from
+  (``models.layer_view``).
 - the output-size arithmetic, read off each convolution and pooling operation;
 - rows for poolings done by plain functions (``jaxcnn.models.layers.max_pool``, ``nn.max_pool``),
   which Flax's table cannot show: they have no module, and are named after the function;
@@ -51,6 +54,7 @@ import numpy as np
 from flax.linen import summary as flax_summary
 
 from jaxcnn.errors import UserError
+from jaxcnn.models import layer_view
 from jaxcnn.models.layers import AdaptiveAvgPool
 
 STATS_COLLECTIONS = ("batch_stats",)  # state, not parameters
@@ -99,6 +103,7 @@ class Summary:
 
 def summarize(model: nn.Module, input_shape) -> Summary:
     """Traces ``model`` on one image of ``input_shape`` (H, W, C) and returns its Summary."""
+    model = layer_view(model)
     input_shape = tuple(int(d) for d in input_shape)
     x, key = jnp.zeros((1, *input_shape), jnp.float32), jax.random.key(0)
     # The table behind nn.tabulate (which returns only text): every module call of an

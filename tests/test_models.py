@@ -180,6 +180,7 @@ BAD_MODEL_SETTINGS = [
     ({"name": "cnn", "hdims": [1.5]}, r"model.hdims must be a list of positive integers"),
     ({"name": "cnn", "ksize": 0}, r"^model.ksize must be a positive integer, got 0.$"),
     ({"name": "lenet5", "conv1_padding": -1}, r"model.conv1_padding must be a non-negative integer, got -1"),
+    ({"name": "lenet5", "lowering": "fast"}, r"model.lowering must be one of 'auto', 'rows', 'xla', got 'fast'"),
     ({"name": "lenet5_classic", "conv1_padding": 1.5}, r"model.conv1_padding must be a non-negative integer"),
     ({"name": "vgg11", "fc_width": 0}, r"model.fc_width must be a positive integer, got 0"),
     ({"name": "alexnet_original", "fc_width": True}, r"model.fc_width must be a positive integer, got True"),

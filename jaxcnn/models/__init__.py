@@ -121,6 +121,12 @@ def from_config(model_config: dict, num_classes: int, precision: str = "float32"
     return model
 
 
+def layer_view(model: nn.Module) -> nn.Module:
+    """``model`` as whatever looks at its layers should see it: its ``layer_view()`` where it
+    computes them in another form (LeNet-5 row-major on a CPU), else ``model`` itself."""
+    return model.layer_view() if hasattr(model, "layer_view") else model
+
+
 def check_config(model_config: dict) -> None:
     """Checks an experiment's ``model`` settings before any data is loaded: the name, the setting
     names and the model's own value checks (its ``__post_init__``). A UserError on the first

@@ -105,33 +105,52 @@ def max_pool(x: jax.Array, size: int) -> jax.Array:
     n, h, w, c = x.shape
     ho, wo = h // size, w // size
     x = x[:, : ho * size, : wo * size, :]
-    return _window_max(x.reshape(n, ho, size, wo, size, c), size)
+    return _window_max(x.reshape(n, ho, size, wo, size, c), size, (2, 4))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
-def _window_max(windows: jax.Array, size: int) -> jax.Array:
-    """[N, HO, S, WO, S, C] -> [N, HO, WO, C]: the max of each S x S window."""
-    return jnp.max(windows, axis=(2, 4))
+def max_pool_rows(x: jax.Array, size: int) -> jax.Array:
+    """``max_pool`` for a row-major batch ``x`` [H, N, W, C] (``jaxcnn.models.rows``): the same
+    values and gradients, laid out [H // size, N, W // size, C]."""
+    h, n, w, c = x.shape
+    ho, wo = h // size, w // size
+    x = x[: ho * size, :, : wo * size, :]
+    return _window_max(x.reshape(ho, size, n, wo, size, c), size, (1, 4))
 
 
-def _window_max_fwd(windows, size):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _window_max(windows: jax.Array, size: int, axes: tuple[int, int]) -> jax.Array:
+    """The max of each ``size`` x ``size`` window of ``windows``, whose window axes are ``axes``
+    (a < b): [N, HO, S, WO, S, C] with axes (2, 4) -> [N, HO, WO, C]."""
+    return jnp.max(windows, axis=axes)
+
+
+def _window_position(windows, size, axes, k):
+    """Window position k (row-major in S x S) of every window: ``windows`` without ``axes``."""
+    index = [slice(None)] * windows.ndim
+    index[axes[0]], index[axes[1]] = k // size, k % size
+    return windows[tuple(index)]
+
+
+def _window_max_fwd(windows, size, axes):
     # One pass over the window: the running max and the window position where it was first
     # reached; the backward pass needs only that position.
     index_type = jnp.int8 if size * size <= 127 else jnp.int32
-    best = windows[:, :, 0, :, 0, :]
+    best = _window_position(windows, size, axes, 0)
     where = jnp.zeros(best.shape, index_type)
     for k in range(1, size * size):
-        value = windows[:, :, k // size, :, k % size, :]
+        value = _window_position(windows, size, axes, k)
         where = jnp.where(value > best, index_type(k), where)
         best = jnp.maximum(best, value)
     return best, where
 
 
-def _window_max_bwd(size, where, g):
+def _window_max_bwd(size, axes, where, g):
     zero = jnp.zeros_like(g)
-    rows = [jnp.stack([jnp.where(where == i * size + j, g, zero) for j in range(size)], axis=3)
-            for i in range(size)]  # each [N, HO, WO, S(j), C]
-    return (jnp.stack(rows, axis=2),)  # [N, HO, S(i), WO, S(j), C]
+    # Rebuild the windows from g: positions j along axes[1] (axes[0] is not there yet), then
+    # positions i along axes[0].
+    rows = [jnp.stack([jnp.where(where == i * size + j, g, zero) for j in range(size)], axis=axes[1] - 1)
+            for i in range(size)]
+    return (jnp.stack(rows, axis=axes[0]),)
 
 
 _window_max.defvjp(_window_max_fwd, _window_max_bwd)
@@ -227,80 +246,6 @@ def flatten(x):
 
 
 # -- other layers ----------------------------------------------------------------------------------
-
-NHWC = ("NHWC", "HWIO", "NHWC")
-
-
-def conv_with_tap_input_gradient(lhs, rhs, window_strides, padding, lhs_dilation=None,
-                                 rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
-                                 batch_group_count=1, precision=None, preferred_element_type=None):
-    """``lax.conv_general_dilated`` (same arguments, same value) whose input gradient XLA:CPU
-    runs faster for LeNet-5's second convolution; pass it to ``nn.Conv(conv_general_dilated=...)``.
-
-    XLA derives a convolution's input gradient as another convolution, over the output gradient
-    padded by K - 1; for LeNet-5's conv2 (16 -> 6 channels) XLA:CPU ran that one at ~11 GFLOP/s,
-    3-5 ms of a 12-14 ms step. Here it is one matrix product of the output gradient with the
-    kernel, laid out tap by tap ([K, K, N, OH, OW, C_in], so each tap's piece is contiguous),
-    whose K x K pieces are added in place at their shifts (col2im), behind an optimisation
-    barrier so that XLA does not recompute the sum inside its consumers. LeNet-5's step: 1.15x
-    (``python benchmarks/step_variants.py``). Only stride 1, no dilation, one group, NHWC/HWIO
-    and more than one input channel; anything else is plain ``lax.conv_general_dilated``.
-    """
-    pairs = ((0, 0),) * 2 if isinstance(padding, str) and padding == "VALID" else padding
-    simple = (not isinstance(pairs, str) and all(s == 1 for s in window_strides)
-              and all(d == 1 for d in (lhs_dilation or (1, 1)) + (rhs_dilation or (1, 1)))
-              and feature_group_count == 1 and batch_group_count == 1
-              and _is_nhwc(dimension_numbers, lhs.ndim) and lhs.shape[-1] > 1
-              and preferred_element_type is None)
-    if not simple:
-        return jax.lax.conv_general_dilated(
-            lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
-            feature_group_count, batch_group_count, precision, preferred_element_type)
-    return _tap_conv(lhs, rhs, tuple(tuple(int(v) for v in p) for p in pairs), precision)
-
-
-def _is_nhwc(dimension_numbers, ndim: int) -> bool:
-    """Whether ``dimension_numbers`` (strings, a ConvDimensionNumbers or None) mean NHWC/HWIO."""
-    if dimension_numbers is None or ndim != 4:
-        return False
-    want = jax.lax.conv_dimension_numbers((1,) * 4, (1,) * 4, NHWC)
-    if isinstance(dimension_numbers, jax.lax.ConvDimensionNumbers):
-        return dimension_numbers == want
-    return tuple(dimension_numbers) == NHWC
-
-
-def _xla_conv(x, kernel, padding, precision):
-    return jax.lax.conv_general_dilated(x, kernel, (1, 1), padding, dimension_numbers=NHWC,
-                                        precision=precision)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _tap_conv(x, kernel, padding, precision):
-    return _xla_conv(x, kernel, padding, precision)
-
-
-def _tap_conv_fwd(x, kernel, padding, precision):
-    return _xla_conv(x, kernel, padding, precision), (x, kernel)
-
-
-def _tap_conv_bwd(padding, precision, residuals, dy):
-    x, kernel = residuals
-    kh, kw, cin, _ = kernel.shape
-    n, oh, ow, _ = dy.shape
-    dkernel = jax.vjp(lambda k: _xla_conv(x, k, padding, precision), kernel)[1](dy)[0]
-    pieces = jnp.einsum("nhwo,ijco->ijnhwc", dy, kernel, precision=precision)
-    dx = jnp.zeros((n, oh + kh - 1, ow + kw - 1, cin), dy.dtype)  # the padded input's gradient
-    for i in range(kh):
-        for j in range(kw):
-            here = jax.lax.dynamic_slice(dx, (0, i, j, 0), (n, oh, ow, cin))
-            dx = jax.lax.dynamic_update_slice(dx, here + pieces[i, j], (0, i, j, 0))
-    dx = jax.lax.optimization_barrier(dx)
-    (top, _), (left, _) = padding
-    return dx[:, top:top + x.shape[1], left:left + x.shape[2]].astype(x.dtype), dkernel
-
-
-_tap_conv.defvjp(_tap_conv_fwd, _tap_conv_bwd)
-
 
 class GroupedConv(nn.Module):
     """A convolution with ``groups`` groups, laid out as ``nn.Conv(feature_group_count=groups)``

@@ -11,18 +11,25 @@ tanh and trainable subsampling, and every C3 map connected to every S2 map.
 
 61,706 parameters for 28x28x1 inputs and 10 classes. For the paper's 32x32 inputs set
 ``conv1_padding=0``: the shapes after the first convolution are then the same.
+
+Two ways to compute the same function with the same parameters (``lowering``): ``"xla"``, NHWC
+with ``nn.Conv``, and ``"rows"``, the batch kept row-major ([H, N, W, C]) with each convolution
+one banded matrix product (``jaxcnn.models.rows``), 1.5-2x faster to train on XLA:CPU. The
+default, ``"auto"``, takes ``"rows"`` on a CPU and ``"xla"`` elsewhere. Summaries and feature-map
+plots look at the NHWC layers (``layer_view``).
 """
 
-import functools
 from typing import Any, Callable
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
-from jaxcnn.models.layers import check_int, conv_with_tap_input_gradient, max_pool
+from jaxcnn.errors import UserError
+from jaxcnn.models.layers import check_int, max_pool, max_pool_rows
+from jaxcnn.models.rows import RowConv
 
-# nn.Conv with an input gradient XLA:CPU runs faster here (1.15x a step; see the function).
-Conv = functools.partial(nn.Conv, conv_general_dilated=conv_with_tap_input_gradient)
+LOWERINGS = ("auto", "rows", "xla")
 
 
 class LeNet5(nn.Module):
@@ -30,22 +37,42 @@ class LeNet5(nn.Module):
 
     num_classes: int = 10
     conv1_padding: int = 2
-    conv: Callable[..., nn.Module] = Conv
+    conv: Callable[..., nn.Module] = nn.Conv  # the "xla" lowering's convolution
+    lowering: str = "auto"
     dtype: Any = jnp.float32
 
     def __post_init__(self):
         check_int(self.conv1_padding, "conv1_padding", allow_zero=True)
+        if self.lowering not in LOWERINGS:
+            raise UserError(f"model.lowering must be one of {', '.join(map(repr, LOWERINGS))}, "
+                            f"got {self.lowering!r}.")
         super().__post_init__()
+
+    def layer_view(self) -> "LeNet5":
+        """The same network computed layer by layer in NHWC, for whatever looks at its layers
+        (``jaxcnn.summary``, the feature maps of ``jaxcnn.plot``)."""
+        return self.clone(lowering="xla")
 
     @nn.compact
     def __call__(self, x, train: bool = False):
         del train  # no dropout or normalisation: train and eval behave the same
         x = x.astype(self.dtype)
         p = self.conv1_padding
-        x = self.conv(6, (5, 5), padding=((p, p), (p, p)), dtype=self.dtype, name="conv1")(x)
-        x = max_pool(nn.relu(x), 2)
-        x = self.conv(16, (5, 5), padding="VALID", dtype=self.dtype, name="conv2")(x)
-        x = max_pool(nn.relu(x), 2)
+        lowering = self.lowering
+        if lowering == "auto":
+            lowering = "rows" if jax.default_backend() == "cpu" else "xla"
+        if lowering == "rows":
+            x = jnp.transpose(x, (1, 0, 2, 3))  # [H, N, W, C]
+            x = RowConv(6, (5, 5), padding=((p, p), (p, p)), dtype=self.dtype, name="conv1")(x)
+            x = max_pool_rows(nn.relu(x), 2)
+            x = RowConv(16, (5, 5), dtype=self.dtype, name="conv2")(x)
+            x = max_pool_rows(nn.relu(x), 2)
+            x = jnp.transpose(x, (1, 0, 2, 3))  # back to [N, H, W, C]
+        else:
+            x = self.conv(6, (5, 5), padding=((p, p), (p, p)), dtype=self.dtype, name="conv1")(x)
+            x = max_pool(nn.relu(x), 2)
+            x = self.conv(16, (5, 5), padding="VALID", dtype=self.dtype, name="conv2")(x)
+            x = max_pool(nn.relu(x), 2)
         x = x.reshape((x.shape[0], -1))
         x = nn.relu(nn.Dense(120, dtype=self.dtype, name="fc1")(x))
         x = nn.relu(nn.Dense(84, dtype=self.dtype, name="fc2")(x))
