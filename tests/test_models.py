@@ -37,6 +37,14 @@ def test_lenet5_on_32x32_without_padding_has_the_same_count():
     assert count(abstract_variables(model, (1, 32, 32, 1))["params"]) == 61_706
 
 
+@pytest.mark.parametrize("lowering", ["rows", "xla"])
+def test_lenet5_refuses_images_too_small_for_its_layers(lowering):
+    model = create_model("lenet5", 10, lowering=lowering)
+    with pytest.raises(UserError, match="conv2 gets 4x4 maps and would give 0x0"):
+        abstract_variables(model, (1, 8, 8, 1))
+    assert count(abstract_variables(model, (1, 12, 12, 1))["params"]) == 16 * 120 + 120 + 2416 + 156 + 10164 + 850
+
+
 def test_cnn_of_the_study_notes_has_119530_parameters():
     model = create_model("cnn", 10, cdims=(32, 64), hdims=(32,), ksize=3)
     variables = abstract_variables(model, (1, 28, 28, 1))

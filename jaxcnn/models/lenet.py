@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxcnn.errors import UserError
-from jaxcnn.models.layers import check_int, max_pool, max_pool_rows
+from jaxcnn.models.layers import check_int, check_spatial, max_pool, max_pool_rows
 from jaxcnn.models.rows import RowConv
 
 LOWERINGS = ("auto", "rows", "xla")
@@ -53,11 +53,22 @@ class LeNet5(nn.Module):
         (``jaxcnn.summary``, the feature maps of ``jaxcnn.plot``)."""
         return self.clone(lowering="xla")
 
+    def _check_size(self, x) -> None:
+        """A UserError when the images are too small for the two 5x5 convolutions and pools."""
+        n, h, w, _ = x.shape
+        h, w = h + 2 * self.conv1_padding - 4, w + 2 * self.conv1_padding - 4
+        check_spatial(x, h, w, "conv1")
+        pooled = jax.ShapeDtypeStruct((n, h // 2, w // 2, 6), x.dtype)
+        check_spatial(pooled, h // 2 - 4, w // 2 - 4, "conv2")
+        maps = jax.ShapeDtypeStruct((n, h // 2 - 4, w // 2 - 4, 16), x.dtype)
+        check_spatial(maps, (h // 2 - 4) // 2, (w // 2 - 4) // 2, "the second max-pool")
+
     @nn.compact
     def __call__(self, x, train: bool = False):
         del train  # no dropout or normalisation: train and eval behave the same
         x = x.astype(self.dtype)
         p = self.conv1_padding
+        self._check_size(x)
         lowering = self.lowering
         if lowering == "auto":
             lowering = "rows" if jax.default_backend() == "cpu" else "xla"

@@ -9,9 +9,9 @@ images is
 where ``T`` stacks, for each kernel row ``i``, the banded (Toeplitz) matrix that slides kernel
 row ``i`` along the width: ``T[(i, p, c), (x, o)] = kernel[i, p - x, c, o]`` for
 ``0 <= p - x < KW``, else 0. Most of ``T`` is zeros, so the product does more multiply-adds than
-the convolution (LeNet-5: 2-3x), but XLA:CPU runs its convolution kernels for few channels, and
-above all their gradients, at 10-30 GFLOP/s, against 150-190 GFLOP/s for matrix products of
-these shapes on the same cores; the gradients of a matrix product are matrix products too
+the convolution (LeNet-5: 2-3x), but XLA:CPU runs the gradients of convolutions with few
+channels at 10-40 GFLOP/s, against 150-190 GFLOP/s for matrix products of these shapes on the
+same cores; the gradients of a matrix product are matrix products too
 (``dT = rows^T @ dout``, ``drows = dout @ T^T``). The element-wise work around the convolution
 (bias, ReLU, pooling and their gradients) also gets rows of ``W*C`` numbers instead of ``C``.
 LeNet-5's training step: 1.5x at batch 128, 2x at 1024 (``benchmarks/step_variants.py``).
