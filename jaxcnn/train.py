@@ -12,6 +12,7 @@ below would then see gradients 8 times too large on 8 devices.
 
 import collections
 import dataclasses
+import functools
 import math
 import os
 import time
@@ -30,7 +31,7 @@ from jaxcnn import (checkpoint, console, cpu_devices, datasets, feed, input_pipe
 from jaxcnn.checkpoint import Progress
 from jaxcnn.errors import RunStopped, UserError
 from jaxcnn.signals import StopSignals
-from jaxcnn.summary import summarize, summary_table
+from jaxcnn.summary import Summary, summarize
 
 AXIS = "data"
 # Calls the host may queue on several devices before it waits for the oldest one's metrics.
@@ -305,7 +306,7 @@ class Trainer:
         feed.check_combinations(config, self.pipeline, self.epoch_loop)
         d = config["data"]
         augmentation = feed.augmentation_of(d)
-        image_shape = self._image_shape(data, d["image_size"])
+        image_shape = image_shape_of(data, d["image_size"])
         if self.streaming:
             mean, std = stream.sample_normalization(data.train, augmentation)
             self.normalize = input_pipeline.Normalization(mean, std)
@@ -334,19 +335,6 @@ class Trainer:
         start = time.perf_counter()
         self.feed.compile(self.state, self.zero_sums(), feed.replicated(mesh, self._eval_sums0))
         self.compile_seconds = time.perf_counter() - start
-
-    @staticmethod
-    def _image_shape(data, image_size: int | None) -> tuple[int, int, int]:
-        if isinstance(data, datasets.Dataset):
-            return data.image_shape
-        if image_size:
-            return (image_size, image_size, data.channels)
-        if data.image_shape is None:
-            raise UserError(
-                f"The images of the dataset '{data.name}' ({data.source}) do not all have one "
-                "size, so the model's input size is not known. Set data.image_size, e.g. --set "
-                "data.image_size=224, to resize them.")
-        return tuple(data.image_shape)
 
     # -- running ---------------------------------------------------------------------------
 
@@ -417,15 +405,35 @@ def make_mesh(devices=None) -> Mesh:
     return Mesh(np.array(jax.devices() if devices is None else devices), (AXIS,))
 
 
-def mesh_for(config: dict, data: datasets.Dataset | datasets.StreamingDataset) -> Mesh:
+def image_shape_of(data: datasets.Dataset | datasets.StreamingDataset,
+                   image_size: int | None) -> tuple[int, int, int]:
+    """(H, W, C) of the model's input: the data's images, or ``image_size`` squares of them."""
+    if isinstance(data, datasets.Dataset):
+        return data.image_shape
+    if image_size:
+        return (image_size, image_size, data.channels)
+    if data.image_shape is None:
+        raise UserError(
+            f"The images of the dataset '{data.name}' ({data.source}) do not all have one "
+            "size, so the model's input size is not known. Set data.image_size, e.g. --set "
+            "data.image_size=224, to resize them.")
+    return tuple(data.image_shape)
+
+
+def model_summary(config: dict, data: datasets.Dataset | datasets.StreamingDataset) -> Summary:
+    """The per-layer summary of the run's model on its images (one abstract trace)."""
+    model = models.from_config(config["model"], data.num_classes, config["precision"])
+    return summarize(model, image_shape_of(data, config["data"]["image_size"]))
+
+
+def mesh_for(config: dict, data: datasets.Dataset | datasets.StreamingDataset,
+             summary=None) -> Mesh:
     """The mesh a run of ``config`` on ``data`` trains on: every device, except that the host
     devices jaxcnn made itself (one per core, see jaxcnn.cpu_devices) are used only as far as
-    the model has work for them."""
+    the model has work for them (its FLOPs from ``summary()``, default ``model_summary``)."""
     flops = None
     if cpu_devices.requested():
-        image_shape = Trainer._image_shape(data, config["data"]["image_size"])
-        model = models.from_config(config["model"], data.num_classes, config["precision"])
-        flops = summarize(model, tuple(image_shape)).total_flops
+        flops = (summary or functools.partial(model_summary, config, data))().total_flops
     return make_mesh(cpu_devices.choose(jax.devices(), config["batch_size"], flops))
 
 
@@ -446,14 +454,16 @@ def train_and_evaluate(config: dict, workdir: str, *, log=print) -> dict:
     data = feed.open_data(config["data"])
     if data.warning:
         console.warn(console.banner(data.warning))
-    trainer = Trainer(config, data, mesh_for(config, data))
+    # Traced once at most: for the device count and for model_summary.txt of a new run.
+    summary = functools.cache(functools.partial(model_summary, config, data))
+    trainer = Trainer(config, data, mesh_for(config, data, summary))
     try:
-        return _run(config, workdir, trainer, session_start, log)
+        return _run(config, workdir, trainer, session_start, log, summary)
     finally:
         trainer.close()
 
 
-def _run(config: dict, workdir: str, trainer: Trainer, session_start: float, log) -> dict:
+def _run(config: dict, workdir: str, trainer: Trainer, session_start: float, log, summary) -> dict:
     data, steps_per_epoch, epochs = trainer.data, trainer.steps_per_epoch, config["epochs"]
     every_steps = config["checkpoint"]["every_steps"]
     writer = rundir.RunWriter(workdir, enabled=jax.process_index() == 0)
@@ -486,7 +496,7 @@ def _run(config: dict, workdir: str, trainer: Trainer, session_start: float, log
             writer.write_json("config.json", config)  # e.g. more epochs (--set epochs=N)
     else:
         writer.write_json("config.json", config)
-        writer.write_text("model_summary.txt", summary_table(trainer.model, tuple(image_shape)))
+        writer.write_text("model_summary.txt", str(summary()))
     writer.write_json("run.json", info)  # what restore, plot and compare need, from the start
     writer.truncate_metrics(int(trainer.state.step))
     log(f"data: {data.name} from {data.source}: {trainer.num_train} train / {trainer.num_test} test "
