@@ -25,9 +25,9 @@ def xla_conv(x, kernel, padding):
 
 
 @pytest.mark.parametrize("shape, kernel_shape, padding, block", [
-    ((3, 28, 28, 1), (5, 5, 1, 6), ((2, 2), (2, 2)), 7),      # LeNet-5's conv1, in blocks
-    ((3, 28, 28, 1), (5, 5, 1, 6), ((2, 2), (2, 2)), None),   # ... and whole rows
-    ((3, 14, 14, 6), (5, 5, 6, 16), ((0, 0), (0, 0)), None),  # LeNet-5's conv2
+    ((3, 28, 28, 1), (5, 5, 1, 6), ((2, 2), (2, 2)), None),   # LeNet-5's conv1, in blocks of 7
+    ((3, 28, 28, 1), (5, 5, 1, 6), ((2, 2), (2, 2)), 28),     # ... and whole rows
+    ((3, 14, 14, 6), (5, 5, 6, 16), ((0, 0), (0, 0)), None),  # LeNet-5's conv2: whole rows
     ((2, 9, 11, 3), (3, 5, 3, 4), ((1, 0), (2, 1)), 5),       # uneven kernel and padding
 ])
 def test_conv_rows_equals_xla_convolution_in_value_and_gradients(shape, kernel_shape, padding, block):

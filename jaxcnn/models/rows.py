@@ -52,13 +52,14 @@ def conv_rows(x: jax.Array, kernel: jax.Array, padding=((0, 0), (0, 0)),
               block: int | None = None) -> jax.Array:
     """Stride-1 convolution (cross-correlation, as ``lax.conv_general_dilated``) of a row-major
     batch: ``x`` [H, N, W, C], ``kernel`` [KH, KW, C, O] (HWIO), ``padding`` ((top, bottom),
-    (left, right)) of zeros -> [OH, N, OW, O]. ``block``: output columns per product (None: all)."""
+    (left, right)) of zeros -> [OH, N, OW, O]. ``block``: output columns per product (None:
+    ``default_block``)."""
     kh, kw, c, o = kernel.shape
     (top, bottom), (left, right) = padding
     x = jnp.pad(x, ((top, bottom), (0, 0), (left, right), (0, 0)))
     h, n, w, _ = x.shape
     oh, ow = h - kh + 1, w - kw + 1
-    block = ow if block is None else block
+    block = default_block(ow, c) if block is None else block
     if ow % block:
         raise ValueError(f"block {block} does not divide the output width {ow}")
     span = block + kw - 1
@@ -76,15 +77,13 @@ class RowConv(nn.Module):
     features: int
     kernel_size: tuple[int, int]
     padding: tuple[tuple[int, int], tuple[int, int]] = ((0, 0), (0, 0))
-    block: int | None = None  # None: default_block
+    block: int | None = None  # output columns per product; None: default_block
     dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x):
-        c = x.shape[-1]
-        kernel = self.param("kernel", nn.initializers.lecun_normal(), (*self.kernel_size, c, self.features))
+        kernel = self.param("kernel", nn.initializers.lecun_normal(),
+                            (*self.kernel_size, x.shape[-1], self.features))
         bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
-        out_width = x.shape[2] + sum(self.padding[1]) - self.kernel_size[1] + 1
-        block = self.block or default_block(out_width, c)
-        y = conv_rows(x.astype(self.dtype), kernel.astype(self.dtype), self.padding, block)
+        y = conv_rows(x.astype(self.dtype), kernel.astype(self.dtype), self.padding, self.block)
         return y + bias.astype(self.dtype)
