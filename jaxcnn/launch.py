@@ -148,14 +148,15 @@ def check_before_workdir(config: dict) -> None:
     feed.check_combinations(config, pipeline, feed.choose_epoch_loop(config["epoch_loop"], pipeline))
 
 
-def _saved_config(workdir: str) -> dict | None:
-    """The config.json of the run in ``workdir``; None where there is none readable."""
+def _read_object(workdir: str, name: str) -> dict | None:
+    """The JSON object in ``workdir/name`` (config.json, summary.json); None where there is no
+    readable one."""
     try:
-        with open(os.path.join(workdir, "config.json")) as f:
-            saved = json.load(f)
+        with open(os.path.join(workdir, name)) as f:
+            obj = json.load(f)
     except (OSError, ValueError):
         return None
-    return saved if isinstance(saved, dict) else None
+    return obj if isinstance(obj, dict) else None
 
 
 def finished_run(workdir: str, config: dict) -> dict | None:
@@ -163,16 +164,11 @@ def finished_run(workdir: str, config: dict) -> dict | None:
     (same settings, all its epochs trained); None otherwise. Reads, never writes."""
     from jaxcnn import rundir
 
-    if _saved_config(workdir) != rundir.jsonable(config):
+    if _read_object(workdir, "config.json") != rundir.jsonable(config):
         return None
-    try:
-        with open(os.path.join(workdir, "summary.json")) as f:
-            summary = json.load(f)
-    except (OSError, ValueError):
-        return None  # not finished (or killed before its summary): resuming finishes it
-    if not isinstance(summary, dict) or summary.get("epochs") != config["epochs"]:
-        return None
-    return summary
+    # No summary: not finished (or killed before its summary), and resuming finishes it.
+    summary = _read_object(workdir, "summary.json")
+    return summary if summary is not None and summary.get("epochs") == config["epochs"] else None
 
 
 def more_epochs_of(workdir: str, config: dict) -> dict | None:
@@ -180,7 +176,7 @@ def more_epochs_of(workdir: str, config: dict) -> dict | None:
     epochs (training it longer resumes it); None otherwise."""
     from jaxcnn import rundir
 
-    saved = _saved_config(workdir)
+    saved = _read_object(workdir, "config.json")
     new = rundir.jsonable(config)
     if saved is None or not isinstance(saved.get("epochs"), int):
         return None
