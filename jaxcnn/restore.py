@@ -169,7 +169,8 @@ def _shape_hint(shape, trained) -> str:
 
 
 def make_model(config: dict, info: dict):
-    """The run's model (a flax Module), as the trainer built it."""
+    """The run's model (a flax Module), as the trainer built it, except that it computes in
+    float32 whatever the run's ``precision`` (its variables are float32 either way)."""
     return models.from_config(config["model"], info["data"]["num_classes"])
 
 
