@@ -35,12 +35,18 @@ def devices():
     return jax.devices()
 
 
+def missing(what: str, install: str, required: bool):
+    """Ends a test whose prerequisite ``what`` is not here: a skip saying how to ``install`` it,
+    or a failure where CI installs it (``required``), so that CI never skips it unseen."""
+    if required:
+        pytest.fail(f"{what} is missing: .ci/run must {install}")
+    pytest.skip(f"{what} is missing ({install})")
+
+
 def require_fashion_mnist():
     """Skips a test when Debian's Fashion-MNIST is missing, except on CI, where it must be there."""
     if not os.path.isdir(FASHION_DIR):
-        if os.environ.get("CI"):
-            pytest.fail(f"{FASHION_DIR} is missing: .ci/run must install dataset-fashion-mnist")
-        pytest.skip(f"{FASHION_DIR} missing (apt-get install dataset-fashion-mnist)")
+        missing(FASHION_DIR, "apt-get install dataset-fashion-mnist", bool(os.environ.get("CI")))
 
 
 @pytest.fixture(scope="session")

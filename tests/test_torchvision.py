@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import missing
 from jaxcnn.errors import UserError
 from jaxcnn.models import create_model, from_torchvision
 from jaxcnn.models.torchvision_import import ALEXNET_ORIGINAL_LAYOUT
@@ -41,15 +42,12 @@ def _import_torchvision():
     try:
         import torch
     except ImportError:
-        if os.environ.get("JAXCNN_REQUIRE_TORCH"):
-            pytest.fail("torch is missing although .ci/run installed it")
-        pytest.skip("torch is not installed (pip install torch==2.13.0+cpu)")
+        missing("torch", "pip install torch==2.13.0+cpu", bool(os.environ.get("JAXCNN_REQUIRE_TORCH")))
     try:
         import torchvision
     except ImportError:
-        if os.environ.get("JAXCNN_REQUIRE_TORCH"):
-            pytest.fail("torchvision is missing although .ci/run installed it")
-        pytest.skip("torchvision is not installed (pip install --no-deps torchvision==0.28.0)")
+        missing("torchvision", "pip install --no-deps torchvision==0.28.0",
+                bool(os.environ.get("JAXCNN_REQUIRE_TORCH")))
     except RuntimeError as e:
         if "torchvision::nms" not in str(e):
             raise
