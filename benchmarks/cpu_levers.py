@@ -1,19 +1,23 @@
-"""A/B measurements of jaxcnn's CPU levers: XLA flags and host device counts, in one run.
+"""A/B measurements of jaxcnn's CPU levers: XLA flags, host device counts and model settings, in one run.
 
     python benchmarks/cpu_levers.py --models lenet5 --batch-sizes 128 --rounds 3 \\
         --variant 1dev=JAXCNN_CPU_DEVICES=1 \\
         --variant 2dev="--xla_force_host_platform_device_count=2" \\
         --variant vec512="JAXCNN_CPU_DEVICES=1 --xla_cpu_prefer_vector_width=512"
+    python benchmarks/cpu_levers.py --models resnet20 --variant xla=model.lowering=xla --variant auto=
 
 Each ``--variant NAME=SPEC`` is one configuration of jaxcnn's Trainer (what the launcher runs):
-SPEC's ``VAR=VALUE`` words are environment variables, its ``--flags`` are ``XLA_FLAGS`` (with
-neither, jaxcnn's default: ``jaxcnn.cpu_devices``); ``--torch`` adds the plain PyTorch loop. Every measurement is a fresh process
+SPEC's ``VAR=VALUE`` words are environment variables, its ``model.KEY=VALUE`` words settings of
+the model (VALUE as JSON where it parses, else a string), its ``--flags`` are ``XLA_FLAGS``
+(with none of them, jaxcnn's default: ``jaxcnn.cpu_devices``); ``--torch`` adds the plain
+PyTorch loop. Every measurement is a fresh process
 (``benchmarks/train_speed.py``'s worker), the variants alternate and their order rotates every
 round, so all see the same machine. Printed: images/s median [min-max] per variant, and its ratio
 to the first variant (and to PyTorch when measured).
 """
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -24,11 +28,25 @@ import train_speed  # noqa: E402
 
 def environment(spec: str) -> dict:
     """The worker's environment for a variant: ``NAME=VALUE`` words set variables
-    (``JAXCNN_CPU_DEVICES=1``), the rest is ``XLA_FLAGS``."""
+    (``JAXCNN_CPU_DEVICES=1``), the ``--flags`` are ``XLA_FLAGS``."""
     words = spec.split()
-    env = dict(w.split("=", 1) for w in words if "=" in w and not w.startswith("-"))
+    env = dict(w.split("=", 1) for w in words
+               if "=" in w and not w.startswith(("-", "model.")))
     env["XLA_FLAGS"] = " ".join(w for w in words if w.startswith("-"))
     return dict(os.environ, **env)
+
+
+def _json_or_text(value: str):
+    try:
+        return json.loads(value)
+    except ValueError:
+        return value
+
+
+def model_options(spec: str) -> dict:
+    """The variant's model settings: its ``model.KEY=VALUE`` words."""
+    pairs = (w[len("model."):].split("=", 1) for w in spec.split() if w.startswith("model."))
+    return {key: _json_or_text(value) for key, value in pairs}
 
 
 def main():
@@ -51,8 +69,9 @@ def main():
             for r in range(args.rounds):
                 k = r % len(sides)
                 for name, side, flags in sides[k:] + sides[:k]:
-                    results[name].append(train_speed.measure(side, model, bs, args, environment(flags))
-                                          ["images_per_s"])
+                    result = train_speed.measure(side, model, bs, args, environment(flags),
+                                                 model_options(flags))
+                    results[name].append(result["images_per_s"])
                     print(f"  {model} {bs} {name}: {results[name][-1]:,.0f}", file=sys.stderr,
                           flush=True)
             first = statistics.median(results[sides[0][0]])

@@ -61,7 +61,7 @@ def load_data(kind: str):
 
 # -- jaxcnn ----------------------------------------------------------------------------------
 
-def run_jaxcnn(model: str, batch_size: int, warmup: int, images: int) -> dict:
+def run_jaxcnn(model: str, batch_size: int, warmup: int, images: int, model_options: dict) -> dict:
     sys.path.insert(0, ROOT)
     from jaxcnn import cpu_devices, hostmem
 
@@ -72,6 +72,7 @@ def run_jaxcnn(model: str, batch_size: int, warmup: int, images: int) -> dict:
     from jaxcnn import config as config_lib, datasets, input_pipeline, train
 
     model_config, optimizer, kind = MODELS[model]
+    model_config = dict(model_config, **model_options)
     x, y = load_data(kind)
     data = datasets.Dataset(kind, x, y, x[:1000], y[:1000], 10, tuple(map(str, range(10))), "benchmark")
     config = config_lib.resolve({"model": model_config, "optimizer": optimizer,
@@ -170,7 +171,7 @@ def _torch_resnet20():
     return ResNet20()
 
 
-def run_torch(model: str, batch_size: int, warmup: int, images: int) -> dict:
+def run_torch(model: str, batch_size: int, warmup: int, images: int, model_options: dict) -> dict:
     import torch
 
     _, optimizer, kind = MODELS[model]
@@ -209,11 +210,14 @@ def run_torch(model: str, batch_size: int, warmup: int, images: int) -> dict:
 
 # -- driver ----------------------------------------------------------------------------------
 
-def measure(side: str, model: str, batch_size: int, args, env: dict | None = None) -> dict:
-    """One fresh worker process's result; ``env``: its environment (default: ours, no XLA_FLAGS)."""
+def measure(side: str, model: str, batch_size: int, args, env: dict | None = None,
+            model_options: dict | None = None) -> dict:
+    """One fresh worker process's result; ``env``: its environment (default: ours, no XLA_FLAGS);
+    ``model_options``: settings added to jaxcnn's model config (``{"lowering": "xla"}``)."""
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", side, "--models", model,
            "--batch-sizes", str(batch_size), "--warmup", str(args.warmup),
-           "--images", str(args.images or DEFAULT_IMAGES[model])]
+           "--images", str(args.images or DEFAULT_IMAGES[model]),
+           "--model-options", json.dumps(model_options or {})]
     env = dict(os.environ, XLA_FLAGS="") if env is None else env
     out = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if out.returncode != 0:
@@ -235,6 +239,7 @@ def main():
     parser.add_argument("--images", type=int, default=None,
                         help="images timed per measurement (default: per model)")
     parser.add_argument("--worker", choices=("jaxcnn", "torch"), help=argparse.SUPPRESS)
+    parser.add_argument("--model-options", default="{}", help=argparse.SUPPRESS)
     args = parser.parse_args()
     models = args.models.split(",")
     for m in models:
@@ -245,7 +250,7 @@ def main():
     if args.worker:
         run = run_jaxcnn if args.worker == "jaxcnn" else run_torch
         print(json.dumps(run(models[0], batch_sizes[0], args.warmup,
-                             args.images or DEFAULT_IMAGES[models[0]])))
+                             args.images or DEFAULT_IMAGES[models[0]], json.loads(args.model_options))))
         return
 
     import jax

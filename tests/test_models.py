@@ -197,6 +197,8 @@ BAD_MODEL_SETTINGS = [
     ({"name": "resnet18", "num_filters": 0}, r"model.num_filters must be a positive integer, got 0"),
     ({"name": "resnet20", "shortcut": "B"}, r"model.shortcut must be one of 'A', 'projection', got 'B'"),
     ({"name": "resnet20", "widths": []}, r"model.widths must be a list of positive integers, not empty"),
+    ({"name": "resnet20", "lowering": "rows"}, r"model.lowering must be one of 'auto', 'stored', 'xla', got 'rows'"),
+    ({"name": "resnet50", "lowering": None}, r"model.lowering must be one of 'auto', 'stored', 'xla', got None"),
 ]
 
 

@@ -89,6 +89,39 @@ def check_widths(value, setting: str, allow_empty: bool = True) -> None:
         raise UserError(f"model.{setting} must be {what}, e.g. [32, 64]; got {value!r}.")
 
 
+def check_lowering(value, choices: Sequence[str]) -> None:
+    """A UserError unless ``value`` (of ``model.lowering``) is one of ``choices``."""
+    if value not in choices:
+        raise UserError(f"model.lowering must be one of {', '.join(map(repr, choices))}, got {value!r}.")
+
+
+# -- how a model is computed on a CPU --------------------------------------------------------------
+
+def resolve_lowering(lowering: str, on_cpu: str) -> str:
+    """``lowering`` with ``"auto"`` resolved by the backend the model is traced for: ``on_cpu`` on a
+    CPU, ``"xla"`` (the plain layers, XLA deciding the rest) elsewhere."""
+    if lowering != "auto":
+        return lowering
+    return on_cpu if jax.default_backend() == "cpu" else "xla"
+
+
+def stored(x: jax.Array) -> jax.Array:
+    """``x`` unchanged, computed once and kept in memory instead of recomputed by its readers.
+
+    XLA fuses a cheap elementwise result into every operation that reads it and recomputes it
+    there. Down a ResNet's blocks that compounds: a block's output, relu(bn(conv) + the previous
+    block's output), is recomputed from the first block of the stage on inside each later reader
+    (on XLA:CPU, ResNet-20's training step spent 40% of its time in such transposes).
+    ``jax.lax.optimization_barrier`` does not stop it (XLA:CPU drops barriers before it fuses); a
+    conditional does, as XLA never fuses across one. Both branches return ``x``, the second as
+    ``x + (-0.0)`` (the same value for every float, signed zeros and NaN included) so that XLA
+    cannot see that they are equal and remove the conditional. Gradients pass through unchanged.
+    For XLA:CPU: on a GPU a conditional costs a round trip to the host.
+    """
+    first = x.reshape(-1)[0]
+    return jax.lax.cond(first == first, lambda v: v, lambda v: v + (-0.0), x)
+
+
 # -- pooling ---------------------------------------------------------------------------------------
 
 def max_pool(x: jax.Array, size: int) -> jax.Array:

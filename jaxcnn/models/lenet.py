@@ -25,8 +25,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxcnn.errors import UserError
-from jaxcnn.models.layers import check_int, check_spatial, max_pool, max_pool_rows
+from jaxcnn.models.layers import (check_int, check_lowering, check_spatial, max_pool, max_pool_rows,
+                                  resolve_lowering)
 from jaxcnn.models.rows import RowConv
 
 LOWERINGS = ("auto", "rows", "xla")
@@ -43,9 +43,7 @@ class LeNet5(nn.Module):
 
     def __post_init__(self):
         check_int(self.conv1_padding, "conv1_padding", allow_zero=True)
-        if self.lowering not in LOWERINGS:
-            raise UserError(f"model.lowering must be one of {', '.join(map(repr, LOWERINGS))}, "
-                            f"got {self.lowering!r}.")
+        check_lowering(self.lowering, LOWERINGS)
         super().__post_init__()
 
     def layer_view(self) -> "LeNet5":
@@ -69,10 +67,7 @@ class LeNet5(nn.Module):
         x = x.astype(self.dtype)
         p = self.conv1_padding
         self._check_size(x)
-        lowering = self.lowering
-        if lowering == "auto":
-            lowering = "rows" if jax.default_backend() == "cpu" else "xla"
-        if lowering == "rows":
+        if resolve_lowering(self.lowering, on_cpu="rows") == "rows":
             x = jnp.transpose(x, (1, 0, 2, 3))  # [H, N, W, C]
             x = RowConv(6, (5, 5), padding=((p, p), (p, p)), dtype=self.dtype, name="conv1")(x)
             x = max_pool_rows(nn.relu(x), 2)

@@ -22,6 +22,11 @@ Small inputs (``small_input=True``, for 28x28 and 32x32 images): the stem become
 convolution (64 maps, padding 1) without the max-pool, the usual CIFAR adaptation, so the four
 stages see 32, 16, 8 and 4 pixels (28: 28, 14, 7, 4). Only conv1's parameters change (3x3 instead
 of 7x7). Without it, small images also run, but the stages see only 8x8 down to 1x1.
+
+``lowering``: ``"stored"`` keeps each block's output in memory once computed (``layers.stored``),
+so that XLA does not recompute the chain of residual sums inside every later reader; ``"xla"``
+leaves that to XLA's fusion. The same function and gradients; ``"auto"`` (the default) takes
+``"stored"`` on a CPU and ``"xla"`` elsewhere.
 """
 
 import functools
@@ -30,8 +35,11 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxcnn.models.layers import (AdaptiveAvgPool, MaxPool, ModuleDef, batch_norm, check_int, flatten,
-                                  he_normal_fan_out, torch_default_bias, torch_default_kernel)
+from jaxcnn.models.layers import (AdaptiveAvgPool, MaxPool, ModuleDef, batch_norm, check_int, check_lowering,
+                                  flatten, he_normal_fan_out, resolve_lowering, stored, torch_default_bias,
+                                  torch_default_kernel)
+
+LOWERINGS = ("auto", "stored", "xla")
 
 
 class BasicBlock(nn.Module):
@@ -95,10 +103,12 @@ class ResNet(nn.Module):
     axis_name: str | None = None
     conv: ModuleDef = nn.Conv
     norm: ModuleDef = nn.BatchNorm
+    lowering: str = "auto"
     dtype: Any = jnp.float32
 
     def __post_init__(self):
         check_int(self.num_filters, "num_filters")
+        check_lowering(self.lowering, LOWERINGS)
         super().__post_init__()
 
     @nn.compact
@@ -113,11 +123,14 @@ class ResNet(nn.Module):
             x = conv(self.num_filters, (7, 7), (2, 2), padding=((3, 3), (3, 3)), name="conv1")(x)
             x = nn.relu(norm(name="bn1")(x))
             x = MaxPool(3, 2, padding=1, name="maxpool")(x)
+        store = resolve_lowering(self.lowering, on_cpu="stored") == "stored"
         for i, blocks in enumerate(self.stage_sizes):
             for j in range(blocks):
                 x = self.block(self.num_filters * 2 ** i, stride=2 if i > 0 and j == 0 else 1,
                                conv=conv, norm=norm, zero_init_residual=self.zero_init_residual,
                                name=f"layer{i + 1}_{j}")(x)
+                if store:
+                    x = stored(x)
         x = flatten(AdaptiveAvgPool(1, name="avgpool")(x))  # global average pooling
         x = nn.Dense(self.num_classes, kernel_init=torch_default_kernel,
                      bias_init=torch_default_bias(x.shape[-1]), dtype=self.dtype, name="fc")(x)

@@ -22,7 +22,12 @@ resnet56 (9) 853,018; resnet110 (18) 1,727,962 - the paper's 0.27M, 0.46M, 0.66M
 (16-32-64 channels) with projection shortcuts, 175,258 parameters for 10 classes (172,506 for
 option A plus 576 and 2,176 for the two projections).
 
-28x28 inputs work too (28 -> 14 -> 7). Initialisation: conv kernels He-normal (fan-in, He et al.
+28x28 inputs work too (28 -> 14 -> 7).
+
+``lowering``: ``"stored"`` keeps each block's output in memory once computed (``layers.stored``),
+so that XLA does not recompute the chain of residual sums inside every later reader; ``"xla"``
+leaves that to XLA's fusion. The same function and gradients; ``"auto"`` (the default) takes
+``"stored"`` on a CPU, where it trains ResNet-20 1.3x faster, and ``"xla"`` elsewhere. Initialisation: conv kernels He-normal (fan-in, He et al.
 2015, as the paper), BN scale 1 and bias 0, fc as PyTorch's Linear default.
 """
 
@@ -33,10 +38,12 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxcnn.errors import UserError
-from jaxcnn.models.layers import (AdaptiveAvgPool, ModuleDef, batch_norm, check_widths, flatten,
-                                  he_normal_fan_in, torch_default_bias, torch_default_kernel)
+from jaxcnn.models.layers import (AdaptiveAvgPool, ModuleDef, batch_norm, check_lowering, check_widths,
+                                  flatten, he_normal_fan_in, resolve_lowering, stored, torch_default_bias,
+                                  torch_default_kernel)
 
 SHORTCUTS = ("A", "projection")
+LOWERINGS = ("auto", "stored", "xla")
 
 
 class CifarBlock(nn.Module):
@@ -76,9 +83,11 @@ class CifarResNet(nn.Module):
     axis_name: str | None = None
     conv: ModuleDef = nn.Conv
     norm: ModuleDef = nn.BatchNorm
+    lowering: str = "auto"
     dtype: Any = jnp.float32
 
     def __post_init__(self):
+        check_lowering(self.lowering, LOWERINGS)
         if self.shortcut not in SHORTCUTS:
             raise UserError(f"model.shortcut must be one of {', '.join(map(repr, SHORTCUTS))}, "
                             f"got {self.shortcut!r}.")
@@ -92,10 +101,13 @@ class CifarResNet(nn.Module):
         norm = batch_norm(self.norm, train, self.axis_name, self.dtype)
         x = conv(self.widths[0], (3, 3), padding=((1, 1), (1, 1)), name="conv1")(x)
         x = nn.relu(norm(name="bn1")(x))
+        store = resolve_lowering(self.lowering, on_cpu="stored") == "stored"
         for i, width in enumerate(self.widths):
             for j in range(self.blocks_per_stage):
                 x = CifarBlock(width, 2 if i > 0 and j == 0 else 1, self.shortcut, conv, norm,
                                name=f"stage{i + 1}_{j}")(x)
+                if store:
+                    x = stored(x)
         x = flatten(AdaptiveAvgPool(1, name="avgpool")(x))
         x = nn.Dense(self.num_classes, kernel_init=torch_default_kernel,
                      bias_init=torch_default_bias(x.shape[-1]), dtype=self.dtype, name="fc")(x)
