@@ -16,6 +16,8 @@ numbers are for the operations alone: inside a training step XLA fuses the cheap
 ``taps`` / col2im into their consumers and recomputes them, and they lose (see the README).
 """
 
+import os
+import sys
 import time
 
 import jax
@@ -107,6 +109,7 @@ def main():
 
 
 if __name__ == "__main__":
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from jaxcnn import hostmem
 
     hostmem.keep_freed_memory()
