@@ -224,6 +224,7 @@ def plan(config: dict, target: str, num_classes: int | None = None) -> dict:
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
     from jaxcnn import feed, input_pipeline, models, optim, train
+    from jaxcnn.models import layers
 
     devices, chip = target_devices(target)
     mesh = Mesh(devices, (train.AXIS,))
@@ -242,8 +243,6 @@ def plan(config: dict, target: str, num_classes: int | None = None) -> dict:
                                      num_devices=n, image_shape=shape, normalize=normalize,
                                      streaming=streaming)
     model = models.from_config(config["model"], classes, config["precision"])
-    if target != "cpu" and getattr(model, "lowering", None) == "auto":
-        model = model.clone(lowering="xla")  # 'auto' goes by the backend of this host, a CPU
     step_model = model.clone(axis_name=train.AXIS) if hasattr(model, "axis_name") else model
     tx = optim.make_optimizer(config, optim.make_schedule(config, settings.steps_per_epoch))
     abstract = jax.eval_shape(lambda: train.create_train_state(model, tx, shape, config["seed"]))
@@ -274,8 +273,10 @@ def plan(config: dict, target: str, num_classes: int | None = None) -> dict:
         train_args = (state, spec(train_zero), *data(num_train), perm, scalar, scalar)
         eval_args = (state, spec(eval_zero), *data(num_test), scalar)
     try:
-        programs = [_compile("train step", train_fn, train_args),
-                    _compile("eval batch", eval_fn, eval_args)]
+        # The models choose their CPU forms by the platform they are traced for, not this host's.
+        with layers.compiling_for("cpu" if target == "cpu" else "tpu"):
+            programs = [_compile("train step", train_fn, train_args),
+                        _compile("eval batch", eval_fn, eval_args)]
     except DoesNotFit as e:
         per_device = config["batch_size"] // n
         fit = max(1, int(per_device * e.available_bytes / e.temp_bytes * 0.9))

@@ -16,6 +16,9 @@ statistics and no dropout when evaluating. ``axis_name`` makes BatchNorm average
 statistics over that named device axis (the global batch) and dropout draw the global batch's
 masks, so the math does not depend on the device count; leave it None outside a
 ``shard_map``/``pmap``.
+
+On a CPU the convolutions' weight gradients are summed over chunks of 64 examples
+(``layers.conv_general_dilated``): XLA:CPU's kernel for them slows down on larger batches.
 """
 
 from typing import Any, Callable, Sequence
@@ -23,7 +26,7 @@ from typing import Any, Callable, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxcnn.models.layers import (Dropout, batch_norm, check_int, check_rate, check_widths,
+from jaxcnn.models.layers import (Conv, Dropout, batch_norm, check_int, check_rate, check_widths,
                                   he_normal_fan_in, max_pool)
 
 
@@ -37,7 +40,7 @@ class CNN(nn.Module):
     batch_norm: bool = False
     dropout: float = 0.5
     axis_name: str | None = None
-    conv: Callable[..., nn.Module] = nn.Conv
+    conv: Callable[..., nn.Module] = Conv  # nn.Conv, weight gradients in chunks on a CPU
     norm: Callable[..., nn.Module] = nn.BatchNorm
     dtype: Any = jnp.float32
 

@@ -27,7 +27,9 @@ option A plus 576 and 2,176 for the two projections).
 ``lowering``: ``"stored"`` keeps each block's output in memory once computed (``layers.stored``),
 so that XLA does not recompute the chain of residual sums inside every later reader; ``"xla"``
 leaves that to XLA's fusion. The same function and gradients; ``"auto"`` (the default) takes
-``"stored"`` on a CPU, where it trains ResNet-20 1.3x faster, and ``"xla"`` elsewhere. Initialisation: conv kernels He-normal (fan-in, He et al.
+``"stored"`` on a CPU, where it trains ResNet-20 1.3x faster, and ``"xla"`` elsewhere. On a CPU
+the convolutions' weight gradients are summed over chunks of 64 examples
+(``layers.conv_general_dilated``): XLA:CPU's kernel for them slows down on larger batches. Initialisation: conv kernels He-normal (fan-in, He et al.
 2015, as the paper), BN scale 1 and bias 0, fc as PyTorch's Linear default.
 """
 
@@ -38,7 +40,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxcnn.errors import UserError
-from jaxcnn.models.layers import (AdaptiveAvgPool, ModuleDef, batch_norm, check_lowering, check_widths,
+from jaxcnn.models.layers import (AdaptiveAvgPool, Conv, ModuleDef, batch_norm, check_lowering, check_widths,
                                   flatten, he_normal_fan_in, resolve_lowering, stored, torch_default_bias,
                                   torch_default_kernel)
 
@@ -81,7 +83,7 @@ class CifarResNet(nn.Module):
     shortcut: str = "A"
     widths: Sequence[int] = (16, 32, 64)
     axis_name: str | None = None
-    conv: ModuleDef = nn.Conv
+    conv: ModuleDef = Conv  # nn.Conv, weight gradients in chunks on a CPU
     norm: ModuleDef = nn.BatchNorm
     lowering: str = "auto"
     dtype: Any = jnp.float32

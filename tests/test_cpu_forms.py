@@ -1,0 +1,144 @@
+"""The models' CPU forms: values computed once (layers.stored, the ResNets' "stored" lowering) and
+weight gradients in chunks (layers.conv_general_dilated): the same function and gradients as
+plain XLA, really present in what runs on a CPU, and absent when compiling for a TPU."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jaxcnn.errors import UserError
+from jaxcnn.models import create_model, layers
+from jaxcnn.models.layers import stored
+
+
+def test_stored_returns_every_float_unchanged_and_passes_gradients_through():
+    x = jnp.asarray([1.5, -0.0, 0.0, jnp.inf, -jnp.inf, 3e-39, -7.0], jnp.float32)
+    got = jax.jit(stored)(x)
+    np.testing.assert_array_equal(np.asarray(got).view(np.uint32), np.asarray(x).view(np.uint32))
+    nan_first = jnp.asarray([jnp.nan, -0.0, 2.0], jnp.float32)  # takes the other branch
+    np.testing.assert_array_equal(np.asarray(jax.jit(stored)(nan_first)).view(np.uint32),
+                                  np.asarray(nan_first).view(np.uint32))
+    g = jax.grad(lambda v: (stored(v * v) * jnp.arange(7.0)).sum())(jnp.ones(7))
+    np.testing.assert_array_equal(g, 2 * jnp.arange(7.0))
+    assert jax.jit(stored)(jnp.ones((2, 3), jnp.bfloat16)).dtype == jnp.bfloat16
+
+
+# torchvision's ResNets run "stored" on a CPU in test_torchvision's logit comparisons.
+@pytest.mark.parametrize("name, options, shape", [  # narrow and small: the same code paths, faster
+    ("resnet20", {"widths": (4, 8, 16)}, (4, 16, 16, 3)),
+])
+def test_stored_and_xla_lowerings_are_the_same_resnet(name, options, shape):
+    kept = create_model(name, 10, lowering="stored", **options)
+    plain = create_model(name, 10, lowering="xla", **options)
+    x = jnp.asarray(np.random.default_rng(0).normal(size=shape).astype(np.float32))
+    labels = jnp.arange(shape[0]) % 10
+    variables = kept.init(jax.random.key(0), x)
+    same = jax.tree.map(lambda a, b: bool((a == b).all()), variables, plain.init(jax.random.key(0), x))
+    assert all(jax.tree.leaves(same))  # same names, shapes and initial values
+
+    def outputs(model):  # evaluation logits, training logits, gradients
+        def train_loss(params):
+            logits, _ = model.apply({"params": params, "batch_stats": variables["batch_stats"]}, x,
+                                    train=True, mutable=["batch_stats"])
+            return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean(), logits
+        (_, train_logits), grads = jax.value_and_grad(train_loss, has_aux=True)(variables["params"])
+        return model.apply(variables, x), train_logits, grads
+
+    got, want = jax.jit(outputs, static_argnums=0)(kept), jax.jit(outputs, static_argnums=0)(plain)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_resnet_auto_lowering_keeps_block_outputs_in_the_compiled_cpu_step():
+    """XLA:CPU removes optimisation barriers; the conditionals must survive to the compiled step,
+    one per block in the forward pass and one in the backward pass."""
+    assert jax.default_backend() == "cpu"
+    x = jnp.zeros((2, 16, 16, 3))
+    labels = jnp.zeros(2, jnp.int32)
+
+    def compiled_conditionals(model):
+        variables = model.init(jax.random.key(0), x)
+
+        def train_loss(params):
+            logits, _ = model.apply({"params": params, "batch_stats": variables["batch_stats"]}, x,
+                                    train=True, mutable=["batch_stats"])
+            return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+        step = jax.jit(jax.grad(train_loss)).lower(variables["params"]).compile()
+        return step.as_text().count(" conditional(")
+
+    narrow = {"widths": (4, 8, 16)}
+    assert compiled_conditionals(create_model("resnet20", 10, **narrow)) == 2 * 9
+    assert compiled_conditionals(create_model("resnet20", 10, lowering="xla", **narrow)) == 0
+
+
+def _lowered(f, *args) -> str:
+    return jax.jit(f).lower(*args).as_text()
+
+
+def _conv_count(f, *args) -> int:
+    return _lowered(f, *args).count("stablehlo.convolution")
+
+
+@pytest.mark.parametrize("dimension_numbers, x_shape, w_shape, strides, padding", [
+    (("NHWC", "HWIO", "NHWC"), (10, 9, 9, 3), (3, 3, 3, 5), (1, 1), ((1, 1), (1, 1))),
+    (("NCHW", "OIHW", "NCHW"), (10, 4, 12, 12), (6, 4, 5, 5), (2, 2), ((2, 1), (0, 2))),
+])
+def test_chunked_weight_gradient_is_the_convolution_gradient(monkeypatch, dimension_numbers, x_shape,
+                                                             w_shape, strides, padding):
+    monkeypatch.setenv("JAXCNN_WEIGHT_GRADIENT_CHUNK", "4")  # 10 examples: chunks of 4, 4 and 2
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.normal(size=x_shape).astype(np.float32))
+    w = jnp.asarray(rng.normal(size=w_shape).astype(np.float32))
+
+    def loss(conv):
+        def f(x, w):
+            y = conv(x, w, strides, padding, dimension_numbers=dimension_numbers)
+            return (jnp.sin(y) * jnp.arange(y.size).reshape(y.shape) / y.size).sum()
+        return f
+
+    want = jax.value_and_grad(loss(jax.lax.conv_general_dilated), argnums=(0, 1))(x, w)
+    got = jax.jit(jax.value_and_grad(loss(layers.conv_general_dilated), argnums=(0, 1)))(x, w)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-5)
+    def conv_count():  # traced afresh: the chunk size is read when the convolution is traced
+        return _conv_count(jax.grad(loss(layers.conv_general_dilated), argnums=(0, 1)), x, w)
+
+    assert conv_count() == 2 + 3  # forward + input gradient + three chunks' weight gradients
+    monkeypatch.setenv("JAXCNN_WEIGHT_GRADIENT_CHUNK", "0")
+    assert conv_count() == 3
+    monkeypatch.setenv("JAXCNN_WEIGHT_GRADIENT_CHUNK", "10")  # the whole batch: nothing to split
+    assert conv_count() == 3
+
+
+def test_a_bad_weight_gradient_chunk_is_refused(monkeypatch):
+    monkeypatch.setenv("JAXCNN_WEIGHT_GRADIENT_CHUNK", "sixty")
+    x, w = jnp.zeros((8, 5, 5, 1)), jnp.zeros((3, 3, 1, 2))
+    with pytest.raises(UserError, match="JAXCNN_WEIGHT_GRADIENT_CHUNK must be a whole number of "
+                                        "examples .* got 'sixty'"):
+        layers.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def test_compiling_for_a_tpu_leaves_out_the_cpu_forms():
+    """jaxcnn.plan traces TPU programs on a CPU host: no conditionals, no chunks there."""
+    model = create_model("resnet20", 10, widths=(4, 8, 16))
+    x = jnp.zeros((130, 8, 8, 3))
+    variables = jax.eval_shape(model.init, jax.random.key(0), x)
+
+    def lowered_grads():  # a new function each time: jit would reuse the first trace
+        def grads(params, batch_stats):
+            return jax.grad(lambda p: model.apply({"params": p, "batch_stats": batch_stats}, x,
+                                                  train=True, mutable=["batch_stats"])[0].sum())(params)
+        return _lowered(grads, variables["params"], variables["batch_stats"])
+
+    on_cpu = lowered_grads()
+    with layers.compiling_for("tpu"):
+        assert layers.target_platform() == "tpu"
+        assert layers.resolve_lowering("auto", on_cpu="stored") == "xla"
+        on_tpu = lowered_grads()
+    assert layers.target_platform() == "cpu"
+    assert on_cpu.count("stablehlo.case") == 2 * 9 and on_tpu.count("stablehlo.case") == 0
+    convs = 19 * 3 - 1  # the first convolution has no input gradient
+    assert on_tpu.count("stablehlo.convolution") == convs
+    assert on_cpu.count("stablehlo.convolution") == convs + 19 * 2  # 130 examples: 3 chunks of 64
