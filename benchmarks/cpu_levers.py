@@ -16,7 +16,6 @@ round, so all see the same machine. Printed: images/s median [min-max] per varia
 to the first variant (and to PyTorch when measured).
 """
 
-import argparse
 import json
 import os
 import statistics
@@ -50,12 +49,7 @@ def model_options(spec: str) -> dict:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", default="lenet5")
-    parser.add_argument("--batch-sizes", default="128")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--images", type=int, default=None)
+    parser = train_speed.measurement_arguments(__doc__, "lenet5", "128")
     parser.add_argument("--variant", action="append", default=[], metavar="NAME=SPEC")
     parser.add_argument("--torch", action="store_true", help="measure the PyTorch loop too")
     args = parser.parse_args()

@@ -230,14 +230,20 @@ def spread(values) -> str:
     return f"{statistics.median(values):,.0f} [{min(values):,.0f}-{max(values):,.0f}]"
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", default="lenet5,cnn_bn,resnet20")
-    parser.add_argument("--batch-sizes", default="128,1024")
+def measurement_arguments(description: str, models: str, batch_sizes: str) -> argparse.ArgumentParser:
+    """The command line both benchmarks share (what to measure, how often), with their defaults."""
+    parser = argparse.ArgumentParser(description=description.split("\n\n")[0])
+    parser.add_argument("--models", default=models)
+    parser.add_argument("--batch-sizes", default=batch_sizes)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--images", type=int, default=None,
                         help="images timed per measurement (default: per model)")
+    return parser
+
+
+def main():
+    parser = measurement_arguments(__doc__, "lenet5,cnn_bn,resnet20", "128,1024")
     parser.add_argument("--worker", choices=("jaxcnn", "torch"), help=argparse.SUPPRESS)
     parser.add_argument("--model-options", default="{}", help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -128,6 +128,10 @@ def resolve_lowering(lowering: str, on_cpu: str) -> str:
     return on_cpu if target_platform() == "cpu" else "xla"
 
 
+# model.lowering of the models that keep values with ``stored`` on a CPU (the ResNets).
+STORED_LOWERINGS = ("auto", "stored", "xla")
+
+
 def stored(x: jax.Array) -> jax.Array:
     """``x`` unchanged, computed once and kept in memory instead of recomputed by its readers.
 

@@ -35,11 +35,9 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxcnn.models.layers import (AdaptiveAvgPool, MaxPool, ModuleDef, batch_norm, check_int, check_lowering,
-                                  flatten, he_normal_fan_out, resolve_lowering, stored, torch_default_bias,
-                                  torch_default_kernel)
-
-LOWERINGS = ("auto", "stored", "xla")
+from jaxcnn.models.layers import (STORED_LOWERINGS, AdaptiveAvgPool, MaxPool, ModuleDef, batch_norm,
+                                  check_int, check_lowering, flatten, he_normal_fan_out, resolve_lowering,
+                                  stored, torch_default_bias, torch_default_kernel)
 
 
 class BasicBlock(nn.Module):
@@ -108,7 +106,7 @@ class ResNet(nn.Module):
 
     def __post_init__(self):
         check_int(self.num_filters, "num_filters")
-        check_lowering(self.lowering, LOWERINGS)
+        check_lowering(self.lowering, STORED_LOWERINGS)
         super().__post_init__()
 
     @nn.compact

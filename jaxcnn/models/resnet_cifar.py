@@ -29,8 +29,10 @@ so that XLA does not recompute the chain of residual sums inside every later rea
 leaves that to XLA's fusion. The same function and gradients; ``"auto"`` (the default) takes
 ``"stored"`` on a CPU, where it trains ResNet-20 1.3x faster, and ``"xla"`` elsewhere. On a CPU
 the convolutions' weight gradients are summed over chunks of 64 examples
-(``layers.conv_general_dilated``): XLA:CPU's kernel for them slows down on larger batches. Initialisation: conv kernels He-normal (fan-in, He et al.
-2015, as the paper), BN scale 1 and bias 0, fc as PyTorch's Linear default.
+(``layers.conv_general_dilated``): XLA:CPU's kernel for them slows down on larger batches.
+
+Initialisation: conv kernels He-normal (fan-in, He et al. 2015, as the paper), BN scale 1 and
+bias 0, fc as PyTorch's Linear default.
 """
 
 import functools
@@ -40,12 +42,11 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxcnn.errors import UserError
-from jaxcnn.models.layers import (AdaptiveAvgPool, Conv, ModuleDef, batch_norm, check_lowering, check_widths,
-                                  flatten, he_normal_fan_in, resolve_lowering, stored, torch_default_bias,
-                                  torch_default_kernel)
+from jaxcnn.models.layers import (STORED_LOWERINGS, AdaptiveAvgPool, Conv, ModuleDef, batch_norm,
+                                  check_lowering, check_widths, flatten, he_normal_fan_in, resolve_lowering,
+                                  stored, torch_default_bias, torch_default_kernel)
 
 SHORTCUTS = ("A", "projection")
-LOWERINGS = ("auto", "stored", "xla")
 
 
 class CifarBlock(nn.Module):
@@ -89,7 +90,7 @@ class CifarResNet(nn.Module):
     dtype: Any = jnp.float32
 
     def __post_init__(self):
-        check_lowering(self.lowering, LOWERINGS)
+        check_lowering(self.lowering, STORED_LOWERINGS)
         if self.shortcut not in SHORTCUTS:
             raise UserError(f"model.shortcut must be one of {', '.join(map(repr, SHORTCUTS))}, "
                             f"got {self.shortcut!r}.")
