@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxcnn import transforms
+
 
 class Normalization(NamedTuple):
     """Per-channel mean and standard deviation of the training images, in [0, 1] units."""
@@ -27,9 +29,8 @@ class Normalization(NamedTuple):
 
     @classmethod
     def of(cls, images: np.ndarray) -> "Normalization":
-        x = images.reshape(-1, images.shape[-1]).astype(np.float64) / 255.0
-        std = np.maximum(x.std(axis=0), 1e-3)
-        return cls(tuple(float(v) for v in x.mean(axis=0)), tuple(float(v) for v in std))
+        """The statistics of uint8 images ``[..., C]`` (``transforms.channel_statistics``)."""
+        return cls(*transforms.channel_statistics(images))
 
     def __call__(self, images: jax.Array) -> jax.Array:
         """uint8 [..., C] -> normalised float32 [..., C]."""

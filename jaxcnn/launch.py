@@ -16,7 +16,7 @@ import os
 import sys
 import textwrap
 
-from jaxcnn import cpu_devices, hostmem
+from jaxcnn import cpu_devices, hostmem, native_stderr
 from jaxcnn.errors import EXIT_USER_ERROR, RunStopped, UserError, print_paragraph, report
 
 
@@ -231,6 +231,7 @@ def main(argv=None) -> int:
         config, workdir = prepare(args)
         init_distributed(args)
         use_compilation_cache()
+        native_stderr.start_backends()  # keeps libtpu's messages from machines without a TPU
         import jax
 
         from jaxcnn import rundir

@@ -22,15 +22,14 @@ by default). Exit status 0 when the step fits, 2 with one paragraph when it does
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import math
 import os
 import re
 import sys
-import tempfile
 import time
 
+from jaxcnn import native_stderr
 from jaxcnn.errors import UserError, report
 
 
@@ -86,21 +85,6 @@ def topology_name(target: str) -> tuple[str, tuple[int, int, int] | None]:
     return f"{generation}:{'x'.join(map(str, dims))}", None
 
 
-@contextlib.contextmanager
-def _quiet_stderr():
-    """Hides what libtpu prints to the process's stderr (warnings about the TPU environment
-    variables of a real TPU VM, meaningless here); Python's own sys.stderr is untouched."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as sink:
-        os.dup2(sink.fileno(), 2)
-        try:
-            yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-
-
 def target_devices(target: str):
     """(devices, chip spec or None) of ``target``."""
     import jax
@@ -122,7 +106,7 @@ def target_devices(target: str):
     os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     options = {"chips_per_host_bounds": one_host} if one_host else {}
     try:
-        with _quiet_stderr():
+        with native_stderr.captured():
             devices = topologies.get_topology_desc(platform="tpu", topology_name=name, **options).devices
     except Exception as e:  # noqa: BLE001 - libtpu's own message says what it did not know
         raise UserError(f"libtpu does not know the topology {name!r} of --target {target} "
@@ -200,7 +184,7 @@ def _compile(name: str, jitted, args) -> ProgramPlan:
     start = time.perf_counter()
     lowered = jitted.lower(*args)
     try:
-        with _quiet_stderr():
+        with native_stderr.captured():
             compiled = lowered.compile()
     except Exception as e:  # noqa: BLE001 - XLA:TPU refuses programs larger than HBM
         found = re.search(r"HLO temporaries \(([\d.]+)G\) exceeds available HBM \(([\d.]+)G\)", str(e))

@@ -207,9 +207,5 @@ def sample_normalization(source: RandomAccessSource, augmentation: Augmentation,
         count = len(source)
         picks = np.linspace(0, count - 1, min(count, max_images)).round().astype(int)
         images = [augmentation.evaluate(source[int(i)][0]) for i in np.unique(picks)]
-        pixels = np.concatenate([im.reshape(-1, im.shape[-1]) for im in images])
-    else:
-        pixels = images.reshape(-1, images.shape[-1])
-    x = pixels.astype(np.float64) / 255.0
-    std = np.maximum(x.std(axis=0), 1e-3)
-    return tuple(float(v) for v in x.mean(axis=0)), tuple(float(v) for v in std)
+        images = np.concatenate([im.reshape(-1, im.shape[-1]) for im in images])
+    return transforms.channel_statistics(images)

@@ -9,7 +9,7 @@ from jax.sharding import Mesh
 
 from conftest import require_fashion_mnist
 from jaxcnn import config as config_lib
-from jaxcnn import datasets, stream
+from jaxcnn import datasets, stream, transforms
 from jaxcnn.feed import limit
 from jaxcnn.train import AXIS, Trainer
 from test_train import synthetic_dataset as synthetic
@@ -152,6 +152,17 @@ def test_streamed_training_on_8_devices_equals_1_device(devices):
             np.testing.assert_allclose(a[key], b[key], rtol=1e-5)
     jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6), v1, v8)
     assert h1[-1]["test_accuracy"] >= 0.9
+
+
+def test_channel_statistics_are_the_float64_mean_and_std():
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (50, 9, 7, 3), dtype=np.uint8)
+    mean, std = transforms.channel_statistics(images)
+    pixels = images.reshape(-1, 3) / 255.0
+    np.testing.assert_allclose(mean, pixels.mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(std, pixels.std(axis=0), rtol=1e-12)
+    # A constant channel: the std floor, never a division by zero.
+    assert transforms.channel_statistics(np.full((4, 2, 2, 1), 7, np.uint8)) == ((7 / 255,), (1e-3,))
 
 
 def test_streamed_and_in_memory_evaluation_agree(devices):
