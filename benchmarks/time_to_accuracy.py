@@ -2,12 +2,14 @@
 
     python benchmarks/time_to_accuracy.py experiments/speedrun_lenet.py --target 0.91
     python benchmarks/time_to_accuracy.py experiments/speedrun_cnn.py --target 0.93 --rounds 1
+    python benchmarks/time_to_accuracy.py experiments/speedrun_lenet.py --target 0.91 --seeds 0,1,2
 
 Starts ``python -m jaxcnn.launch EXPERIMENT --workdir <fresh temporary folder>`` and watches the
 run's metrics.jsonl: the time is taken from just before the process starts (so Python start-up,
 imports, loading the data and compiling all count) to the moment the first epoch line with
 ``test_accuracy >= target`` is written. The run is left to finish; its final accuracy and wall
-time are reported too. With ``--rounds N`` it runs N times and prints the median.
+time are reported too. With ``--rounds N`` it runs N times and prints the median; with
+``--seeds 0,1,2`` it runs each seed (``--set seed=S``) and counts the seeds that got there.
 """
 
 import argparse
@@ -66,17 +68,27 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("experiment")
     parser.add_argument("--target", type=float, required=True, help="test accuracy, e.g. 0.91")
-    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=1, help="runs of each seed")
+    parser.add_argument("--seeds", default=None, metavar="S,S,...",
+                        help="train with each of these seeds (--set seed=S) instead of the "
+                             "experiment's own: a recipe's luck with one seed is not its speed")
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--timeout", type=float, default=3600)
     args = parser.parse_args()
+    try:
+        seeds = [None] if args.seeds is None else [int(s) for s in args.seeds.split(",")]
+    except ValueError:
+        parser.error(f"--seeds takes whole numbers separated by commas, e.g. 0,1,2; got {args.seeds!r}")
+    runs = [(seed, r) for seed in seeds for r in range(args.rounds)]
     times = []
-    for r in range(args.rounds):
-        res = one_run(args.experiment, args.target, args.sets, args.timeout)
+    for seed, r in runs:
+        sets = args.sets if seed is None else [*args.sets, f"seed={seed}"]
+        res = one_run(args.experiment, args.target, sets, args.timeout)
         hit = res["reached"]
         where = (f"reached {hit['accuracy']:.4f} >= {args.target} after {hit['seconds']:.1f} s "
                  f"(epoch {hit['epoch']})" if hit else f"never reached {args.target}")
-        print(f"round {r + 1}: {where}; final {res['final_accuracy']:.4f}, best "
+        label = f"round {r + 1}" if seed is None else f"seed {seed} round {r + 1}"
+        print(f"{label}: {where}; final {res['final_accuracy']:.4f}, best "
               f"{res['best_accuracy']:.4f}, whole run {res['wall']:.1f} s wall, compile "
               f"{res['compile']:.1f} s, {res['images_per_s']:,.0f} train img/s ({res['workdir']})",
               flush=True)
@@ -85,9 +97,9 @@ def main():
     if times:
         print(f"{args.experiment}: launch -> test accuracy >= {args.target}: median "
               f"{statistics.median(times):.1f} s [{min(times):.1f}-{max(times):.1f}] over "
-              f"{len(times)} of {args.rounds} runs")
+              f"{len(times)} of {len(runs)} runs")
     else:
-        print(f"{args.experiment}: test accuracy {args.target} not reached in {args.rounds} runs")
+        print(f"{args.experiment}: test accuracy {args.target} not reached in {len(runs)} runs")
         sys.exit(1)
 
 

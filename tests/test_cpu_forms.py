@@ -142,3 +142,25 @@ def test_compiling_for_a_tpu_leaves_out_the_cpu_forms():
     convs = 19 * 3 - 1  # the first convolution has no input gradient
     assert on_tpu.count("stablehlo.convolution") == convs
     assert on_cpu.count("stablehlo.convolution") == convs + 19 * 2  # 130 examples: 3 chunks of 64
+
+
+def test_dropout_draws_its_mask_once_on_a_cpu_with_the_same_units_dropped():
+    """On a CPU the mask is stored (XLA fused the draw into every reader and redid it per
+    element); the output is the same as without, and a TPU trace has no conditional."""
+    x = jax.random.normal(jax.random.key(1), (6, 5, 5, 4))
+    drop = layers.Dropout(0.3, broadcast_dims=(1, 2))
+
+    def traced():  # a new function each time: jit would reuse the first trace
+        def apply(x):
+            return drop.apply({}, x, deterministic=False, rngs={"dropout": jax.random.key(2)})
+        return jax.jit(apply).lower(x).as_text(), jax.jit(apply)(x)
+
+    cpu_text, on_cpu = traced()
+    with layers.compiling_for("tpu"):
+        tpu_text, on_tpu = traced()
+    assert cpu_text.count("stablehlo.case") == 1 and tpu_text.count("stablehlo.case") == 0
+    np.testing.assert_array_equal(on_cpu, on_tpu)
+    dropped = np.asarray(on_cpu == 0).all(axis=(1, 2))  # whole channels
+    assert 0 < dropped.sum() < dropped.size
+    np.testing.assert_allclose(np.asarray(on_cpu)[~np.asarray(on_cpu == 0)],
+                               np.asarray(x / 0.7)[~np.asarray(on_cpu == 0)], rtol=1e-6)

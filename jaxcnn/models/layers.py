@@ -429,7 +429,8 @@ class Dropout(nn.Module):
     Under a named device axis (``axis_name``, inside shard_map/pmap) every device draws the mask
     of the whole global batch from the same key and keeps its own rows, so 1 device and N devices
     drop exactly the same units. ``broadcast_dims`` share one draw along those axes (``(1, 2)``
-    on NHWC maps is spatial dropout: whole channels). Deterministic when ``deterministic``.
+    on NHWC maps is spatial dropout: whole channels). Deterministic when ``deterministic``. On a
+    CPU the mask is ``stored`` (computed once) before it is applied.
     """
 
     rate: float
@@ -452,4 +453,8 @@ class Dropout(nn.Module):
             keep = jax.random.bernoulli(key, 1.0 - self.rate, shape)
             start = jax.lax.axis_index(self.axis_name) * local
             keep = jax.lax.dynamic_slice_in_dim(keep, start, local, axis=0)
+        if target_platform() == "cpu":
+            # Drawn once: XLA:CPU fused the draw (threefry) into each reader of the output and
+            # redid it per element (the CNN with spatial dropout 0.1: 1.1-1.2x faster stored).
+            keep = stored(keep.astype(x.dtype)) > 0
         return jnp.where(keep, x / (1.0 - self.rate), jnp.zeros_like(x))
