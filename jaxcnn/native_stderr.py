@@ -48,6 +48,7 @@ def captured():
 
 
 def libtpu_installed() -> bool:
+    """Whether libtpu (the ``tpu`` extra) can be imported, without importing it."""
     return importlib.util.find_spec("libtpu") is not None
 
 

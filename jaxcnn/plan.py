@@ -92,13 +92,11 @@ def target_devices(target: str):
     if target == "cpu":
         return jax.devices("cpu"), None
     name, one_host = topology_name(target)
-    try:
-        import libtpu  # noqa: F401
-    except ImportError:
+    if not native_stderr.libtpu_installed():
         raise UserError(
             f"--target {target} compiles for a TPU, which needs libtpu, and it is not installed. "
             "Install the libtpu that matches your jaxlib with: pip install -e \".[tpu]\" (the "
-            "same as pip install \"jax[tpu]\"), then run this again.") from None
+            "same as pip install \"jax[tpu]\"), then run this again.")
     from jax.experimental import topologies
 
     # libtpu lets one process at a time use it (/tmp/libtpu_lockfile); compiling touches no

@@ -11,7 +11,7 @@ import pytest
 
 from conftest import missing
 from jaxcnn import config as config_lib
-from jaxcnn import plan
+from jaxcnn import native_stderr, plan
 from jaxcnn.errors import UserError
 from jaxcnn.models import from_config
 from jaxcnn.summary import summarize
@@ -126,16 +126,7 @@ def test_cpu_target_needs_no_libtpu(capsys):
 
 
 def test_without_libtpu_a_tpu_target_says_how_to_install_it(monkeypatch, capsys):
-    import builtins
-
-    real_import = builtins.__import__
-
-    def no_libtpu(name, *args, **kwargs):
-        if name == "libtpu":
-            raise ImportError("no libtpu")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_libtpu)
+    monkeypatch.setattr(native_stderr, "libtpu_installed", lambda: False)
     assert plan.main([LENET, "--target", "tpu-v5e-8"]) == 2
     err = " ".join(capsys.readouterr().err.split())
     assert "needs libtpu" in err and 'pip install -e ".[tpu]"' in err and "Traceback" not in err
