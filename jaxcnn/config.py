@@ -42,6 +42,8 @@ DEFAULTS: dict[str, Any] = {
     "epochs": 10,
     "batch_size": 128,  # global batch, split over all devices
     "eval_batch_size": 1000,
+    "eval_flip": False,  # test-time augmentation: classify each test image by the mean of its
+    # own and its mirror image's logits (the test metrics, restore, predict)
     "optimizer": {
         "name": "adam",  # sgd, momentum, nesterov, adam, adamw, rmsprop
         "learning_rate": 1e-3,  # peak learning rate

@@ -8,7 +8,8 @@
     run.class_names[int(logits[0].argmax())]
 
 ``preprocess`` is the trainer's own ``input_pipeline.Normalization`` with the constants the run
-recorded in ``run.json``; ``run.logits(images)`` does both steps for many images at once. Only
+recorded in ``run.json``; ``run.logits(images)`` does both steps for many images at once (and
+averages each image's logits with its mirror's where the run was evaluated so, ``eval_flip``). Only
 the model variables are read from the checkpoint (not the optimizer state), and nothing in the
 run directory is changed, so a run still in progress can be restored.
 
@@ -72,12 +73,15 @@ class Restored:
         (module docstring); anything else is a UserError saying what is expected."""
         return self._normalize(jnp.asarray(check_images(images, self.image_shape)))
 
-    def logits(self, images, batch_size: int | None = None) -> np.ndarray:
+    def logits(self, images, batch_size: int | None = None, flip: bool | None = None) -> np.ndarray:
         """Logits [N, K] of images as ``preprocess`` takes them (uint8 [N, H, W, C], or float in
-        [0, 1]), computed ``batch_size`` at a time (default: the run's eval_batch_size)."""
+        [0, 1]), computed ``batch_size`` at a time (default: the run's eval_batch_size). ``flip``
+        (default: the run's ``eval_flip``): the mean of each image's and its mirror's logits, as
+        the run's test metrics were computed."""
         images = np.asarray(check_images(images, self.image_shape))
         size = max(1, min(batch_size or self.config["eval_batch_size"], len(images)))
-        forward = jax.jit(lambda v, x: self.apply_fn(v, self._normalize(x), train=False))
+        flip = self.config.get("eval_flip", False) if flip is None else bool(flip)
+        forward = jax.jit(lambda v, x: models.eval_logits(self.apply_fn, v, self._normalize(x), flip))
         out = [np.zeros((0, self.info["data"]["num_classes"]), np.float32)]
         for start in range(0, len(images), size):
             batch = images[start:start + size]

@@ -110,10 +110,12 @@ def train_step(state: TrainState, batch, axis_name: str | None = None,
     return state, metrics
 
 
-def eval_step(state: TrainState, batch, axis_name: str | None = None):
-    """Summed test metrics of ``batch`` (with 'mask': bool [B], False for padding examples)."""
-    logits = state.apply_fn({"params": state.params, "batch_stats": state.batch_stats},
-                            batch["image"], train=False).astype(jnp.float32)
+def eval_step(state: TrainState, batch, axis_name: str | None = None, flip: bool = False):
+    """Summed test metrics of ``batch`` (with 'mask': bool [B], False for padding examples);
+    ``flip``: classify by the mean logits of each image and its mirror (``models.eval_logits``)."""
+    logits = models.eval_logits(state.apply_fn,
+                                {"params": state.params, "batch_stats": state.batch_stats},
+                                batch["image"], flip)
     mask = batch["mask"]
     labels = batch["label"]
     metrics = {
@@ -149,6 +151,7 @@ class StepSettings:
     aux_loss_weight: float = 0.3
     crop_padding: int = 0  # on-device augmentation of the memory feed
     flip: bool = False
+    eval_flip: bool = False  # test-time augmentation (models.eval_logits)
 
     @classmethod
     def of(cls, config: dict, *, num_train: int, num_test: int, num_devices: int,
@@ -164,7 +167,7 @@ class StepSettings:
             num_test=num_test, image_shape=tuple(image_shape), normalize=normalize,
             label_smoothing=config["label_smoothing"], aux_loss_weight=config["aux_loss_weight"],
             crop_padding=0 if streaming else d["crop_padding"],
-            flip=False if streaming else d["flip"])
+            flip=False if streaming else d["flip"], eval_flip=config["eval_flip"])
 
 
 def guarded_train_step(state: TrainState, sums: dict, batch, settings: StepSettings):
@@ -238,7 +241,7 @@ def eval_steps_from_memory(state, sums, images, labels, first_step, *, settings:
         batch = input_pipeline.make_batch(images, labels, jnp.where(mask, rows, 0), rows,
                                           normalize=settings.normalize)
         batch["mask"] = mask
-        return _add(sums, eval_step(state, batch, AXIS)), None
+        return _add(sums, eval_step(state, batch, AXIS, settings.eval_flip)), None
 
     steps = first_step + jnp.arange(num_steps, dtype=jnp.int32)
     if num_steps == 1:
@@ -250,7 +253,7 @@ def eval_step_from_stream(state, sums, batch, *, settings: StepSettings):
     """Adds the test metrics of this device's rows of a streamed batch (with its 'mask')."""
     batch = {"image": settings.normalize(batch["image"]), "label": batch["label"],
              "mask": batch["mask"]}
-    return _add(sums, eval_step(state, batch, AXIS))
+    return _add(sums, eval_step(state, batch, AXIS, settings.eval_flip))
 
 
 def _add(a, b):

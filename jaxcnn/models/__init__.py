@@ -121,6 +121,17 @@ def from_config(model_config: dict, num_classes: int, precision: str = "float32"
     return model
 
 
+def eval_logits(apply_fn, variables, images, flip: bool = False):
+    """Evaluation-mode logits [B, K] of images [B, H, W, C]; with ``flip`` (test-time
+    augmentation) the mean of the logits of each image and of its mirror image (W reversed),
+    both in one call of the model."""
+    if not flip:
+        return apply_fn(variables, images, train=False).astype(jnp.float32)
+    both = apply_fn(variables, jnp.concatenate([images, images[:, :, ::-1]]), train=False)
+    plain, mirrored = jnp.split(both.astype(jnp.float32), 2)
+    return (plain + mirrored) / 2
+
+
 def layer_view(model: nn.Module) -> nn.Module:
     """``model`` as whatever looks at its layers should see it: its ``layer_view()`` where it
     computes them in another form (LeNet-5 row-major on a CPU), else ``model`` itself."""
