@@ -127,6 +127,12 @@ def merge(base: dict, overrides: dict, check: bool = False, _prefix: str = "") -
     return out
 
 
+def with_later_defaults(saved: dict) -> dict:
+    """A run's saved config.json with the settings added to DEFAULTS since it was written, at
+    their defaults: what that run trained with, so a later version resumes it."""
+    return merge(DEFAULTS, saved) if isinstance(saved, dict) else saved
+
+
 def validate(config: dict) -> None:
     """Checks types and values; raises UserError with the first problem found."""
     _check_types(config, DEFAULTS, "")

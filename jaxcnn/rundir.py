@@ -127,7 +127,9 @@ def claim(workdir: str, config: dict, restart: bool) -> bool:
             os.rename(workdir, f"{workdir}.old-{n}")
             print(f"moved the earlier run in {workdir} to {workdir}.old-{n}")
         else:
-            old = _read_config(workdir)
+            from jaxcnn.config import with_later_defaults
+
+            old = jsonable(with_later_defaults(_read_config(workdir)))
             differences = _differences(old, jsonable(config))
             if differences:
                 shown = "; ".join(differences[:8]) + ("; ..." if len(differences) > 8 else "")

@@ -219,6 +219,27 @@ def test_lenet_fashion_run_writes_the_run_directory(tmp_path, capsys, devices):
     assert json.loads((workdir / "config.json").read_text())["epochs"] == 1
 
 
+def test_a_run_saved_before_a_setting_existed_is_resumed_with_that_setting_at_its_default(
+        tmp_path, capsys, devices):
+    """A config.json written by an earlier version lacks the settings added since (here
+    eval_flip): the run is the same config when the new setting is at its default."""
+    workdir = tmp_path / "run"
+    lenet = os.path.join(EXPERIMENTS, "lenet_fashion.py")
+    assert run_main(capsys, lenet, *SMALL, "--workdir", workdir)[0] == 0
+    saved = json.loads((workdir / "config.json").read_text())
+    del saved["eval_flip"]
+    (workdir / "config.json").write_text(json.dumps(saved))
+
+    code, out, _ = run_main(capsys, lenet, *SMALL, "--workdir", workdir)
+    assert code == 0 and "is already complete" in " ".join(out.split())
+    code, _, err = run_main(capsys, lenet, *SMALL, "--set", "eval_flip=True", "--workdir", workdir)
+    assert code == 2 and "eval_flip: False there, True now" in err
+    assert "eval_flip" not in json.loads((workdir / "config.json").read_text())  # untouched
+    code, out, _ = run_main(capsys, lenet, *SMALL[2:], "--set", "epochs=2", "--workdir", workdir)
+    assert code == 0 and "training the run in" in out and "from 1 to 2 epochs" in out
+    assert json.loads((workdir / "config.json").read_text())["epochs"] == 2
+
+
 def test_lenet_offline_trains_on_the_mnist_subset_and_says_so(tmp_path, capsys, monkeypatch, devices):
     monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))  # nothing prepared there
     monkeypatch.setenv("JAXCNN_DATA_DIR", str(tmp_path / "cache"))
