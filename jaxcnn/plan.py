@@ -205,7 +205,7 @@ def plan(config: dict, target: str, num_classes: int | None = None) -> dict:
     import jax.numpy as jnp
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-    from jaxcnn import feed, input_pipeline, models, optim, train
+    from jaxcnn import feed, input_pipeline, train
     from jaxcnn.models import layers
 
     devices, chip = target_devices(target)
@@ -224,9 +224,7 @@ def plan(config: dict, target: str, num_classes: int | None = None) -> dict:
     settings = train.StepSettings.of(config, num_train=num_train, num_test=num_test,
                                      num_devices=n, image_shape=shape, normalize=normalize,
                                      streaming=streaming)
-    model = models.from_config(config["model"], classes, config["precision"])
-    step_model = model.clone(axis_name=train.AXIS) if hasattr(model, "axis_name") else model
-    tx = optim.make_optimizer(config, optim.make_schedule(config, settings.steps_per_epoch))
+    model, step_model, _, tx = train.model_and_optimizer(config, classes, settings.steps_per_epoch)
     abstract = jax.eval_shape(lambda: train.create_train_state(model, tx, shape, config["seed"]))
     rep, rows = NamedSharding(mesh, P()), NamedSharding(mesh, P(train.AXIS))
 

@@ -48,6 +48,15 @@ class TrainState(train_state.TrainState):
     rng: jax.Array
 
 
+def model_and_optimizer(config: dict, num_classes: int, steps_per_epoch: int):
+    """``config``'s model, the same model as the step runs it (BatchNorm statistics and dropout
+    masks over the mesh axis, i.e. the global batch), its learning-rate schedule and optimizer."""
+    model = models.from_config(config["model"], num_classes, config["precision"])
+    step_model = model.clone(axis_name=AXIS) if hasattr(model, "axis_name") else model
+    schedule = optim.make_schedule(config, steps_per_epoch)
+    return model, step_model, schedule, optim.make_optimizer(config, schedule)
+
+
 def create_train_state(model: nn.Module, tx: optax.GradientTransformation, image_shape,
                        seed: int) -> TrainState:
     """Initialises ``model`` for images of ``image_shape`` (H, W, C) from ``seed``."""
@@ -320,11 +329,8 @@ class Trainer:
             image_shape=image_shape, normalize=self.normalize, streaming=self.streaming)
         eval_batch_size = self.settings.eval_batch_size
 
-        self.model = models.from_config(config["model"], data.num_classes, config["precision"])
-        # Inside the step BatchNorm averages its statistics over the mesh axis (the global batch).
-        step_model = self.model.clone(axis_name=AXIS) if hasattr(self.model, "axis_name") else self.model
-        self.schedule = optim.make_schedule(config, self.steps_per_epoch)
-        tx = optim.make_optimizer(config, self.schedule)
+        self.model, step_model, self.schedule, tx = model_and_optimizer(
+            config, data.num_classes, self.steps_per_epoch)
         state = create_train_state(self.model, tx, image_shape, config["seed"])
         self.state = feed.replicated(mesh, state.replace(apply_fn=step_model.apply))
         self.param_count = sum(x.size for x in jax.tree.leaves(state.params))
