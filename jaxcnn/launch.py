@@ -159,23 +159,12 @@ def _read_object(workdir: str, name: str) -> dict | None:
     return obj if isinstance(obj, dict) else None
 
 
-def saved_config(workdir: str) -> dict | None:
-    """The config.json of the run in ``workdir`` as JSON reads it back, with the settings added
-    to DEFAULTS since it was written at their defaults (``config.with_later_defaults``); None
-    where there is no readable one."""
-    from jaxcnn import rundir
-    from jaxcnn.config import with_later_defaults
-
-    saved = _read_object(workdir, "config.json")
-    return None if saved is None else rundir.jsonable(with_later_defaults(saved))
-
-
 def finished_run(workdir: str, config: dict) -> dict | None:
     """The summary.json of the run in ``workdir`` when it is the finished run of ``config``
     (same settings, all its epochs trained); None otherwise. Reads, never writes."""
     from jaxcnn import rundir
 
-    if saved_config(workdir) != rundir.jsonable(config):
+    if rundir.saved_config(workdir) != rundir.jsonable(config):
         return None
     # No summary: not finished (or killed before its summary), and resuming finishes it.
     summary = _read_object(workdir, "summary.json")
@@ -187,9 +176,9 @@ def more_epochs_of(workdir: str, config: dict) -> dict | None:
     epochs (training it longer resumes it); None otherwise."""
     from jaxcnn import rundir
 
-    saved = saved_config(workdir)
+    saved = rundir.saved_config(workdir)
     new = rundir.jsonable(config)
-    if saved is None or not isinstance(saved.get("epochs"), int):
+    if not isinstance(saved, dict) or not isinstance(saved.get("epochs"), int):
         return None
     same_otherwise = {**saved, "epochs": None} == {**new, "epochs": None}
     return saved if same_otherwise and new["epochs"] > saved["epochs"] else None

@@ -127,9 +127,12 @@ def claim(workdir: str, config: dict, restart: bool) -> bool:
             os.rename(workdir, f"{workdir}.old-{n}")
             print(f"moved the earlier run in {workdir} to {workdir}.old-{n}")
         else:
-            from jaxcnn.config import with_later_defaults
-
-            old = jsonable(with_later_defaults(_read_config(workdir)))
+            old = saved_config(workdir)
+            if old is None:
+                raise UserError(
+                    f"The workdir {workdir!r} is not empty but holds no readable config.json of a "
+                    "jaxcnn run. Choose another --workdir, or pass --restart to move its contents "
+                    f"aside (to {workdir}.old-N; nothing is deleted).")
             differences = _differences(old, jsonable(config))
             if differences:
                 shown = "; ".join(differences[:8]) + ("; ..." if len(differences) > 8 else "")
@@ -143,16 +146,18 @@ def claim(workdir: str, config: dict, restart: bool) -> bool:
     return False
 
 
-def _read_config(workdir: str) -> dict:
-    path = os.path.join(workdir, "config.json")
+def saved_config(workdir: str):
+    """The config.json of the run in ``workdir`` as JSON reads it back, with the settings added
+    to DEFAULTS since it was written at their defaults (``config.with_later_defaults``: what that
+    run trained with); None where there is no readable one."""
+    from jaxcnn.config import with_later_defaults
+
     try:
-        with open(path) as f:
-            return json.load(f)
+        with open(os.path.join(workdir, "config.json")) as f:
+            saved = json.load(f)
     except (OSError, ValueError):
-        raise UserError(
-            f"The workdir {workdir!r} is not empty but holds no readable config.json of a jaxcnn "
-            "run. Choose another --workdir, or pass --restart to move its contents aside (to "
-            f"{workdir}.old-N; nothing is deleted).") from None
+        return None
+    return jsonable(with_later_defaults(saved))
 
 
 def _differences(old, new, prefix="") -> list[str]:
