@@ -44,9 +44,13 @@ class Progress:
 
 
 def _to_saveable(state):
-    """The state as a pytree of arrays (typed PRNG keys become their raw uint32 data)."""
-    return {"step": state.step, "params": state.params, "batch_stats": state.batch_stats,
-            "opt_state": state.opt_state, "rng": jax.random.key_data(state.rng)}
+    """The state as a pytree of arrays (typed PRNG keys become their raw uint32 data); the
+    moving average of the weights only where the run keeps one (``ema_decay``)."""
+    saveable = {"step": state.step, "params": state.params, "batch_stats": state.batch_stats,
+                "opt_state": state.opt_state, "rng": jax.random.key_data(state.rng)}
+    if state.ema_params:
+        saveable["ema_params"] = state.ema_params
+    return saveable
 
 
 class Checkpoints:
@@ -95,7 +99,8 @@ class Checkpoints:
         return self.manager.best_step()
 
     def restore_variables(self, step: int, target: dict) -> dict:
-        """The model variables ({'params', 'batch_stats'}) of checkpoint ``step``, as numpy arrays.
+        """The model variables ({'params', 'batch_stats'}, or any entries of the saved state
+        named in ``target``) of checkpoint ``step``, as numpy arrays.
 
         ``target`` gives their structure, shapes and dtypes (e.g. from ``jax.eval_shape`` of
         ``model.init``); the optimizer state is not read. Nothing is written or moved.
@@ -142,7 +147,8 @@ class Checkpoints:
             saved = restored["state"]
             state = state.replace(step=saved["step"], params=saved["params"],
                                   batch_stats=saved["batch_stats"], opt_state=saved["opt_state"],
-                                  rng=jax.random.wrap_key_data(saved["rng"]))
+                                  rng=jax.random.wrap_key_data(saved["rng"]),
+                                  ema_params=saved.get("ema_params", {}))
             return state, Progress.from_json(dict(restored["progress"]))
         raise UserError(
             f"No checkpoint in {self.directory} can be read: {'; '.join(problems)}. Run again "

@@ -61,6 +61,8 @@ DEFAULTS: dict[str, Any] = {
         "decay_factor": 0.1,  # step
     },
     "label_smoothing": 0.0,
+    "ema_decay": None,  # evaluate (and restore) the exponential moving average of the weights
+    # over the steps, each step's weight (1 - ema_decay) (e.g. 0.998); None: the weights themselves
     "aux_loss_weight": 0.3,  # weight of auxiliary classifiers' losses (GoogLeNet), training only
     "eval_every_epochs": 1,  # evaluate every N epochs (and always after the last)
     "checkpoint": {
@@ -88,6 +90,7 @@ _TYPES = {
     "data.num_workers": (int, type(None)),
     "data.memory_budget_gb": (float, int, type(None)),
     "optimizer.grad_clip_norm": (float, int, type(None)),
+    "ema_decay": (float, type(None)),
     "checkpoint.every_steps": (int, type(None)),
     "schedule.boundaries": (list, tuple),
 }
@@ -164,6 +167,9 @@ def validate(config: dict) -> None:
     for key, value in (("label_smoothing", config["label_smoothing"]),):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
             raise UserError(f"{key} must be a number in [0, 1), got {value!r}.")
+    if config["ema_decay"] is not None and not 0 < config["ema_decay"] < 1:
+        raise UserError(f"ema_decay must be a number in (0, 1), e.g. 0.998, or None (no average), "
+                        f"got {config['ema_decay']!r}.")
     for key in ("momentum", "b1", "b2"):
         if not 0 <= config["optimizer"][key] < 1:
             raise UserError(f"optimizer.{key} must be in [0, 1), got {config['optimizer'][key]!r}.")

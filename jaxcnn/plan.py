@@ -225,7 +225,8 @@ def plan(config: dict, target: str, num_classes: int | None = None) -> dict:
                                      num_devices=n, image_shape=shape, normalize=normalize,
                                      streaming=streaming)
     model, step_model, _, tx = train.model_and_optimizer(config, classes, settings.steps_per_epoch)
-    abstract = jax.eval_shape(lambda: train.create_train_state(model, tx, shape, config["seed"]))
+    abstract = jax.eval_shape(lambda: train.create_train_state(
+        model, tx, shape, config["seed"], ema=config["ema_decay"] is not None))
     rep, rows = NamedSharding(mesh, P()), NamedSharding(mesh, P(train.AXIS))
 
     def spec(tree, sharding=rep):

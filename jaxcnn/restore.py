@@ -204,8 +204,11 @@ def restore(run_dir: str, which: str = "best") -> Restored:
         model = make_model(config, info)
         image = jax.ShapeDtypeStruct((1, *info["data"]["image_shape"]), jnp.float32)
         shapes = jax.eval_shape(model.init, jax.random.key(0), image)
-        target = {"params": shapes["params"], "batch_stats": shapes.get("batch_stats", {})}
-        variables = ckpts.restore_variables(step, target)
+        # The weights the run was evaluated with: their moving average where it kept one.
+        weights = "ema_params" if config.get("ema_decay") is not None else "params"
+        target = {weights: shapes["params"], "batch_stats": shapes.get("batch_stats", {})}
+        restored = ckpts.restore_variables(step, target)
+        variables = {"params": restored[weights], "batch_stats": restored["batch_stats"]}
     finally:
         ckpts.close()
     variables = {k: v for k, v in variables.items() if v}  # as Trainer.variables(): none empty

@@ -42,10 +42,12 @@ MAX_CALLS_IN_FLIGHT = 2
 
 
 class TrainState(train_state.TrainState):
-    """params, opt_state and step (from flax), plus BatchNorm statistics and the dropout key."""
+    """params, opt_state and step (from flax), plus BatchNorm statistics, the dropout key and
+    the moving average of the weights (``ema_params``; {} without ``ema_decay``)."""
 
     batch_stats: Any
     rng: jax.Array
+    ema_params: Any
 
 
 def model_and_optimizer(config: dict, num_classes: int, steps_per_epoch: int):
@@ -58,14 +60,33 @@ def model_and_optimizer(config: dict, num_classes: int, steps_per_epoch: int):
 
 
 def create_train_state(model: nn.Module, tx: optax.GradientTransformation, image_shape,
-                       seed: int) -> TrainState:
-    """Initialises ``model`` for images of ``image_shape`` (H, W, C) from ``seed``."""
+                       seed: int, ema: bool = False) -> TrainState:
+    """Initialises ``model`` for images of ``image_shape`` (H, W, C) from ``seed``; ``ema``: with
+    a moving average of the weights (it starts at them)."""
     init_key, dropout_key = jax.random.split(jax.random.key(seed))
     variables = jax.jit(model.init, static_argnames="train")(
         init_key, jnp.zeros((1, *image_shape), jnp.float32), train=False)
     params = variables["params"]
     return TrainState.create(apply_fn=model.apply, params=params, tx=tx,
-                             batch_stats=variables.get("batch_stats", {}), rng=dropout_key)
+                             batch_stats=variables.get("batch_stats", {}), rng=dropout_key,
+                             ema_params=jax.tree.map(jnp.copy, params) if ema else {})
+
+
+def averaged(ema_params, params, step, decay: float):
+    """The moving average of the weights after ``step`` steps (step >= 1, ``params`` the weights
+    after it): the mean of the weights after each step, step i's weight proportional to
+    ``decay ** (step - i)``. The same as an exponential moving average from zero divided by
+    ``1 - decay ** step`` (Adam's bias correction), so the first epochs are not pulled towards
+    the initial weights."""
+    weight = (1 - decay) / (1 - jnp.power(jnp.float32(decay), step.astype(jnp.float32)))
+    return jax.tree.map(lambda e, p: e + weight * (p - e), ema_params, params)
+
+
+def eval_variables(state: TrainState) -> dict:
+    """The variables the model is evaluated with: the averaged weights where there are some
+    (any object with ``params`` and ``batch_stats`` will do, e.g. flax's ``TrainState``)."""
+    return {"params": getattr(state, "ema_params", None) or state.params,
+            "batch_stats": state.batch_stats}
 
 
 def cross_entropy(logits, labels, label_smoothing: float = 0.0):
@@ -77,7 +98,8 @@ def cross_entropy(logits, labels, label_smoothing: float = 0.0):
 
 
 def train_step(state: TrainState, batch, axis_name: str | None = None,
-               label_smoothing: float = 0.0, aux_loss_weight: float = 0.3):
+               label_smoothing: float = 0.0, aux_loss_weight: float = 0.3,
+               ema_decay: float | None = None):
     """One optimizer step on ``batch`` = {'image': float [B, H, W, C], 'label': int [B]}.
 
     Under ``axis_name`` each device holds its part of the global batch: gradients are averaged
@@ -87,6 +109,8 @@ def train_step(state: TrainState, batch, axis_name: str | None = None,
     A model with auxiliary classifiers (GoogLeNet) returns ``(logits, [aux_logits, ...])`` when
     training; each auxiliary loss is added with weight ``aux_loss_weight``. The reported loss and
     accuracy are those of the main classifier.
+
+    With ``ema_decay`` the state's ``ema_params`` follow the new weights (``averaged``).
     """
     # The same key on every device: dropout layers draw the global batch's masks from it and
     # keep their own rows (jaxcnn.models.layers.Dropout), whatever the device count.
@@ -116,15 +140,16 @@ def train_step(state: TrainState, batch, axis_name: str | None = None,
         batch_stats = jax.lax.pmean(batch_stats, axis_name)
         metrics = jax.lax.psum(metrics, axis_name)
     state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+    if ema_decay:
+        state = state.replace(ema_params=averaged(state.ema_params, state.params, state.step,
+                                                  ema_decay))
     return state, metrics
 
 
 def eval_step(state: TrainState, batch, axis_name: str | None = None, flip: bool = False):
     """Summed test metrics of ``batch`` (with 'mask': bool [B], False for padding examples);
     ``flip``: classify by the mean logits of each image and its mirror (``models.eval_logits``)."""
-    logits = models.eval_logits(state.apply_fn,
-                                {"params": state.params, "batch_stats": state.batch_stats},
-                                batch["image"], flip)
+    logits = models.eval_logits(state.apply_fn, eval_variables(state), batch["image"], flip)
     mask = batch["mask"]
     labels = batch["label"]
     metrics = {
@@ -161,6 +186,7 @@ class StepSettings:
     crop_padding: int = 0  # on-device augmentation of the memory feed
     flip: bool = False
     eval_flip: bool = False  # test-time augmentation (models.eval_logits)
+    ema_decay: float | None = None  # the moving average of the weights (train_step)
 
     @classmethod
     def of(cls, config: dict, *, num_train: int, num_test: int, num_devices: int,
@@ -176,7 +202,8 @@ class StepSettings:
             num_test=num_test, image_shape=tuple(image_shape), normalize=normalize,
             label_smoothing=config["label_smoothing"], aux_loss_weight=config["aux_loss_weight"],
             crop_padding=0 if streaming else d["crop_padding"],
-            flip=False if streaming else d["flip"], eval_flip=config["eval_flip"])
+            flip=False if streaming else d["flip"], eval_flip=config["eval_flip"],
+            ema_decay=config["ema_decay"])
 
 
 def guarded_train_step(state: TrainState, sums: dict, batch, settings: StepSettings):
@@ -184,14 +211,14 @@ def guarded_train_step(state: TrainState, sums: dict, batch, settings: StepSetti
     a step's loss is not finite, it and every later step leave the state as it was (the last
     good one), and ``sums['first_bad_step']`` records the global step."""
     new_state, step_metrics = train_step(state, batch, AXIS, settings.label_smoothing,
-                                         settings.aux_loss_weight)
+                                         settings.aux_loss_weight, settings.ema_decay)
     healthy = sums["first_bad_step"] < 0
     finite = jnp.isfinite(step_metrics["loss"])
     keep = healthy & finite
     state = new_state.replace(**{
         field: jax.tree.map(lambda new, old: jnp.where(keep, new, old),
                             getattr(new_state, field), getattr(state, field))
-        for field in ("step", "params", "opt_state", "batch_stats")})
+        for field in ("step", "params", "opt_state", "batch_stats", "ema_params")})
     sums = {
         "loss": sums["loss"] + jnp.where(keep, step_metrics["loss"], 0.0),
         "correct": sums["correct"] + jnp.where(keep, step_metrics["correct"], 0),
@@ -331,7 +358,8 @@ class Trainer:
 
         self.model, step_model, self.schedule, tx = model_and_optimizer(
             config, data.num_classes, self.steps_per_epoch)
-        state = create_train_state(self.model, tx, image_shape, config["seed"])
+        state = create_train_state(self.model, tx, image_shape, config["seed"],
+                                   ema=config["ema_decay"] is not None)
         self.state = feed.replicated(mesh, state.replace(apply_fn=step_model.apply))
         self.param_count = sum(x.size for x in jax.tree.leaves(state.params))
 
@@ -387,8 +415,9 @@ class Trainer:
         return out
 
     def variables(self) -> dict:
-        """The model's variables, for ``model.apply(variables, x, train=False)``."""
-        variables = {"params": self.state.params}
+        """The model's variables, for ``model.apply(variables, x, train=False)``: the weights it
+        is evaluated with (their moving average with ``ema_decay``)."""
+        variables = {"params": eval_variables(self.state)["params"]}
         if self.state.batch_stats:
             variables["batch_stats"] = self.state.batch_stats
         return jax.device_get(variables)

@@ -24,9 +24,11 @@ from jaxcnn.train import create_train_state
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXPERIMENT = os.path.join(ROOT, "experiments", "lenet_fashion.py")
-# 2 epochs of 16 steps, a checkpoint every 4 steps; the cnn has BatchNorm and dropout, so their
-# statistics and keys must come back right too.
-ARGS = ["--set", "epochs=2", "--set", "batch_size=64", "--set", "data.max_train_examples=1024",
+# 2 epochs of 16 steps, a checkpoint every 4 steps; the cnn has BatchNorm and dropout, and the run
+# keeps a moving average of the weights, so their statistics, keys and average must come back
+# right too.
+ARGS = ["--set", "epochs=2", "--set", "batch_size=64", "--set", "ema_decay=0.9",
+        "--set", "data.max_train_examples=1024",
         "--set", "data.max_test_examples=512", "--set", "checkpoint.every_steps=4",
         "--set", "epoch_loop='step'", "--set", "model={'name': 'cnn', 'cdims': [8, 16], "
         "'hdims': [16], 'batch_norm': True, 'dropout': 0.2}"]
@@ -87,6 +89,7 @@ def reference(tmp_path_factory):
 
 def assert_same_run(workdir, reference):
     assert steps(workdir)[-1] == steps(reference)[-1] == 32
+    assert "ema_params" in final_state(reference)
     jax.tree.map(np.testing.assert_array_equal, final_state(workdir), final_state(reference))
     assert metrics_lines(workdir) == metrics_lines(reference)
 
