@@ -417,10 +417,7 @@ class Trainer:
     def variables(self) -> dict:
         """The model's variables, for ``model.apply(variables, x, train=False)``: the weights it
         is evaluated with (their moving average with ``ema_decay``)."""
-        variables = {"params": eval_variables(self.state)["params"]}
-        if self.state.batch_stats:
-            variables["batch_stats"] = self.state.batch_stats
-        return jax.device_get(variables)
+        return jax.device_get({k: v for k, v in eval_variables(self.state).items() if v})
 
     def test_sample(self) -> datasets.Dataset:
         """The test images as an in-memory Dataset, for the plots (see feed.test_sample)."""
