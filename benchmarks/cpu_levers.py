@@ -5,12 +5,14 @@
         --variant 2dev="--xla_force_host_platform_device_count=2" \\
         --variant vec512="JAXCNN_CPU_DEVICES=1 --xla_cpu_prefer_vector_width=512"
     python benchmarks/cpu_levers.py --models resnet20 --variant xla=model.lowering=xla --variant auto=
+    python benchmarks/cpu_levers.py --models cnn_bn --variant before=checkout=../jaxcnn-old --variant now=
 
 Each ``--variant NAME=SPEC`` is one configuration of jaxcnn's Trainer (what the launcher runs):
 SPEC's ``VAR=VALUE`` words are environment variables, its ``model.KEY=VALUE`` words settings of
 the model (VALUE as JSON where it parses, else a string), its ``--flags`` are ``XLA_FLAGS``
-(with none of them, jaxcnn's default: ``jaxcnn.cpu_devices``); ``--torch`` adds the plain
-PyTorch loop. Every measurement is a fresh process
+(with none of them, jaxcnn's default: ``jaxcnn.cpu_devices``), its ``checkout=PATH`` another clone
+of jaxcnn to run instead of this one (another commit: ``git worktree add ../jaxcnn-old HEAD~1``);
+``--torch`` adds the plain PyTorch loop. Every measurement is a fresh process
 (``benchmarks/train_speed.py``'s worker), the variants alternate and their order rotates every
 round, so all see the same machine. Printed: images/s median [min-max] per variant, and its ratio
 to the first variant (and to PyTorch when measured).
@@ -30,7 +32,7 @@ def environment(spec: str) -> dict:
     (``JAXCNN_CPU_DEVICES=1``), the ``--flags`` are ``XLA_FLAGS``."""
     words = spec.split()
     env = dict(w.split("=", 1) for w in words
-               if "=" in w and not w.startswith(("-", "model.")))
+               if "=" in w and not w.startswith(("-", "model.", "checkout=")))
     env["XLA_FLAGS"] = " ".join(w for w in words if w.startswith("-"))
     return dict(os.environ, **env)
 
@@ -40,6 +42,16 @@ def _json_or_text(value: str):
         return json.loads(value)
     except ValueError:
         return value
+
+
+def checkout(spec: str) -> str | None:
+    """The clone of jaxcnn a variant runs: its ``checkout=PATH`` word, else None (this one)."""
+    paths = [w[len("checkout="):] for w in spec.split() if w.startswith("checkout=")]
+    for path in paths:
+        if not os.path.isfile(os.path.join(path, "benchmarks", "train_speed.py")):
+            sys.exit(f"checkout={path}: no benchmarks/train_speed.py there; give the path of "
+                     "another clone (or git worktree) of jaxcnn.")
+    return paths[-1] if paths else None
 
 
 def model_options(spec: str) -> dict:
@@ -54,6 +66,8 @@ def main():
     parser.add_argument("--torch", action="store_true", help="measure the PyTorch loop too")
     args = parser.parse_args()
     variants = [v.split("=", 1) if "=" in v else (v, "") for v in args.variant] or [("base", "")]
+    for _, flags in variants:
+        checkout(flags)  # a wrong path stops here, before anything is measured
     sides = [(name, "jaxcnn", flags) for name, flags in variants]
     if args.torch:
         sides.append(("pytorch", "torch", ""))
@@ -64,7 +78,7 @@ def main():
                 k = r % len(sides)
                 for name, side, flags in sides[k:] + sides[:k]:
                     result = train_speed.measure(side, model, bs, args, environment(flags),
-                                                 model_options(flags))
+                                                 model_options(flags), checkout(flags))
                     results[name].append(result["images_per_s"])
                     print(f"  {model} {bs} {name}: {results[name][-1]:,.0f}", file=sys.stderr,
                           flush=True)

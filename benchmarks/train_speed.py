@@ -211,10 +211,13 @@ def run_torch(model: str, batch_size: int, warmup: int, images: int, model_optio
 # -- driver ----------------------------------------------------------------------------------
 
 def measure(side: str, model: str, batch_size: int, args, env: dict | None = None,
-            model_options: dict | None = None) -> dict:
+            model_options: dict | None = None, checkout: str | None = None) -> dict:
     """One fresh worker process's result; ``env``: its environment (default: ours, no XLA_FLAGS);
-    ``model_options``: settings added to jaxcnn's model config (``{"lowering": "xla"}``)."""
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", side, "--models", model,
+    ``model_options``: settings added to jaxcnn's model config (``{"lowering": "xla"}``);
+    ``checkout``: another clone of jaxcnn whose worker (and code) to run (default: this one)."""
+    script = (os.path.join(os.path.abspath(checkout), "benchmarks", "train_speed.py") if checkout
+              else os.path.abspath(__file__))
+    cmd = [sys.executable, script, "--worker", side, "--models", model,
            "--batch-sizes", str(batch_size), "--warmup", str(args.warmup),
            "--images", str(args.images or DEFAULT_IMAGES[model]),
            "--model-options", json.dumps(model_options or {})]

@@ -28,8 +28,11 @@ def test_stored_returns_every_float_unchanged_and_passes_gradients_through():
 # torchvision's ResNets run "stored" on a CPU in test_torchvision's logit comparisons.
 @pytest.mark.parametrize("name, options, shape", [  # narrow and small: the same code paths, faster
     ("resnet20", {"widths": (4, 8, 16)}, (4, 16, 16, 3)),
+    ("resnet18", {"num_filters": 4, "small_input": True}, (2, 16, 16, 3)),
+    ("resnet50", {"num_filters": 4, "small_input": True}, (2, 16, 16, 3)),
+    ("cnn", {"cdims": (4, 8), "hdims": (8,), "batch_norm": True, "dropout": 0.5}, (4, 12, 12, 1)),
 ])
-def test_stored_and_xla_lowerings_are_the_same_resnet(name, options, shape):
+def test_stored_and_xla_lowerings_are_the_same_model(name, options, shape):
     kept = create_model(name, 10, lowering="stored", **options)
     plain = create_model(name, 10, lowering="xla", **options)
     x = jnp.asarray(np.random.default_rng(0).normal(size=shape).astype(np.float32))
@@ -41,7 +44,8 @@ def test_stored_and_xla_lowerings_are_the_same_resnet(name, options, shape):
     def outputs(model):  # evaluation logits, training logits, gradients
         def train_loss(params):
             logits, _ = model.apply({"params": params, "batch_stats": variables["batch_stats"]}, x,
-                                    train=True, mutable=["batch_stats"])
+                                    train=True, mutable=["batch_stats"],
+                                    rngs={"dropout": jax.random.key(1)})
             return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean(), logits
         (_, train_logits), grads = jax.value_and_grad(train_loss, has_aux=True)(variables["params"])
         return model.apply(variables, x), train_logits, grads
@@ -51,9 +55,10 @@ def test_stored_and_xla_lowerings_are_the_same_resnet(name, options, shape):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
-def test_resnet_auto_lowering_keeps_block_outputs_in_the_compiled_cpu_step():
+def test_resnet_auto_lowering_keeps_what_each_convolution_reads_in_the_compiled_cpu_step():
     """XLA:CPU removes optimisation barriers; the conditionals must survive to the compiled step,
-    one per block in the forward pass and one in the backward pass."""
+    one per stored value (the stem's output, each block's inner activation and output) in the
+    forward pass and one in the backward pass; on a larger batch a device only the block outputs."""
     assert jax.default_backend() == "cpu"
     x = jnp.zeros((2, 16, 16, 3))
     labels = jnp.zeros(2, jnp.int32)
@@ -69,6 +74,9 @@ def test_resnet_auto_lowering_keeps_block_outputs_in_the_compiled_cpu_step():
         return step.as_text().count(" conditional(")
 
     narrow = {"widths": (4, 8, 16)}
+    assert compiled_conditionals(create_model("resnet20", 10, **narrow)) == 2 * (1 + 9 * 2)
+    x = jnp.zeros((65, 16, 16, 3))
+    labels = jnp.zeros(65, jnp.int32)
     assert compiled_conditionals(create_model("resnet20", 10, **narrow)) == 2 * 9
     assert compiled_conditionals(create_model("resnet20", 10, lowering="xla", **narrow)) == 0
 
@@ -138,6 +146,7 @@ def test_compiling_for_a_tpu_leaves_out_the_cpu_forms():
         assert layers.resolve_lowering("auto", on_cpu="stored") == "xla"
         on_tpu = lowered_grads()
     assert layers.target_platform() == "cpu"
+    # 130 examples: more than STORE_INNER_MAX_BATCH, so only the 9 block outputs are kept on a CPU
     assert on_cpu.count("stablehlo.case") == 2 * 9 and on_tpu.count("stablehlo.case") == 0
     convs = 19 * 3 - 1  # the first convolution has no input gradient
     assert on_tpu.count("stablehlo.convolution") == convs

@@ -199,6 +199,7 @@ BAD_MODEL_SETTINGS = [
     ({"name": "resnet20", "widths": []}, r"model.widths must be a list of positive integers, not empty"),
     ({"name": "resnet20", "lowering": "rows"}, r"model.lowering must be one of 'auto', 'stored', 'xla', got 'rows'"),
     ({"name": "resnet50", "lowering": None}, r"model.lowering must be one of 'auto', 'stored', 'xla', got None"),
+    ({"name": "cnn", "lowering": "rows"}, r"model.lowering must be one of 'auto', 'stored', 'xla', got 'rows'"),
 ]
 
 

@@ -19,6 +19,12 @@ masks, so the math does not depend on the device count; leave it None outside a
 
 On a CPU the convolutions' weight gradients are summed over chunks of 64 examples
 (``layers.conv_general_dilated``): XLA:CPU's kernel for them slows down on larger batches.
+
+``lowering``: ``"stored"`` keeps each block's output (what the next convolution reads) in memory
+once computed (``layers.stored``), so that XLA does not recompute BatchNorm, ReLU, the pooling
+and the dropout inside the transpose that feeds that convolution's weight gradient; ``"xla"``
+leaves that to XLA's fusion. The same function and gradients; ``"auto"`` (the default) takes
+``"stored"`` on a CPU, where it trains the CNN with BatchNorm 1.1x faster, and ``"xla"`` elsewhere.
 """
 
 from typing import Any, Callable, Sequence
@@ -26,8 +32,9 @@ from typing import Any, Callable, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxcnn.models.layers import (Conv, Dropout, batch_norm, check_int, check_rate, check_widths,
-                                  he_normal_fan_in, max_pool)
+from jaxcnn.models.layers import (STORED_LOWERINGS, Conv, Dropout, batch_norm, check_int, check_lowering,
+                                  check_rate, check_widths, he_normal_fan_in, max_pool, resolve_lowering,
+                                  stored)
 
 
 class CNN(nn.Module):
@@ -42,6 +49,7 @@ class CNN(nn.Module):
     axis_name: str | None = None
     conv: Callable[..., nn.Module] = Conv  # nn.Conv, weight gradients in chunks on a CPU
     norm: Callable[..., nn.Module] = nn.BatchNorm
+    lowering: str = "auto"
     dtype: Any = jnp.float32
 
     def __post_init__(self):
@@ -49,6 +57,7 @@ class CNN(nn.Module):
         check_widths(self.hdims, "hdims")
         check_int(self.ksize, "ksize")
         check_rate(self.dropout, "dropout")
+        check_lowering(self.lowering, STORED_LOWERINGS)
         super().__post_init__()
 
     @nn.compact
@@ -58,6 +67,7 @@ class CNN(nn.Module):
             dtype=self.dtype, name=name)
         norm = batch_norm(self.norm, train, self.axis_name, self.dtype)
         x = x.astype(self.dtype)
+        store = resolve_lowering(self.lowering, on_cpu="stored") == "stored"
         for i, c in enumerate(self.cdims):
             x = conv(c, f"conv{i + 1}")(x)
             if self.batch_norm:
@@ -66,6 +76,8 @@ class CNN(nn.Module):
             # Spatial dropout (PyTorch's Dropout2d): one draw per example and channel.
             x = Dropout(self.dropout, broadcast_dims=(1, 2), axis_name=self.axis_name)(
                 x, deterministic=not train)
+            if store:
+                x = stored(x)
         x = x.reshape((x.shape[0], -1))
         for i, h in enumerate(self.hdims):
             x = nn.relu(nn.Dense(h, kernel_init=he_normal_fan_in, dtype=self.dtype, name=f"fc{i + 1}")(x))

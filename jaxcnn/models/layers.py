@@ -128,7 +128,7 @@ def resolve_lowering(lowering: str, on_cpu: str) -> str:
     return on_cpu if target_platform() == "cpu" else "xla"
 
 
-# model.lowering of the models that keep values with ``stored`` on a CPU (the ResNets).
+# model.lowering of the models that keep values with ``stored`` on a CPU (the ResNets, the CNN).
 STORED_LOWERINGS = ("auto", "stored", "xla")
 
 
@@ -138,7 +138,9 @@ def stored(x: jax.Array) -> jax.Array:
     XLA fuses a cheap elementwise result into every operation that reads it and recomputes it
     there. Down a ResNet's blocks that compounds: a block's output, relu(bn(conv) + the previous
     block's output), is recomputed from the first block of the stage on inside each later reader
-    (on XLA:CPU, ResNet-20's training step spent 40% of its time in such transposes).
+    (on XLA:CPU, ResNet-20's training step spent 40% of its time in such transposes). Even one
+    layer deep it costs: the transpose that feeds a convolution's weight gradient recomputed the
+    BatchNorm and ReLU (and pooling and dropout) that made the convolution's input.
     ``jax.lax.optimization_barrier`` does not stop it (XLA:CPU drops barriers before it fuses); a
     conditional does, as XLA never fuses across one. Both branches return ``x``, the second as
     ``x + (-0.0)`` (the same value for every float, signed zeros and NaN included) so that XLA
