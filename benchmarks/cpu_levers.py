@@ -66,8 +66,8 @@ def main():
     parser.add_argument("--torch", action="store_true", help="measure the PyTorch loop too")
     args = parser.parse_args()
     variants = [v.split("=", 1) if "=" in v else (v, "") for v in args.variant] or [("base", "")]
-    for _, flags in variants:
-        checkout(flags)  # a wrong path stops here, before anything is measured
+    # Each variant's clone, read once: a wrong path stops here, before anything is measured.
+    clones = {name: checkout(flags) for name, flags in variants}
     sides = [(name, "jaxcnn", flags) for name, flags in variants]
     if args.torch:
         sides.append(("pytorch", "torch", ""))
@@ -78,7 +78,7 @@ def main():
                 k = r % len(sides)
                 for name, side, flags in sides[k:] + sides[:k]:
                     result = train_speed.measure(side, model, bs, args, environment(flags),
-                                                 model_options(flags), checkout(flags))
+                                                 model_options(flags), clones.get(name))
                     results[name].append(result["images_per_s"])
                     print(f"  {model} {bs} {name}: {results[name][-1]:,.0f}", file=sys.stderr,
                           flush=True)

@@ -60,10 +60,10 @@ def test_resnet_auto_lowering_keeps_what_each_convolution_reads_in_the_compiled_
     one per stored value (the stem's output, each block's inner activation and output) in the
     forward pass and one in the backward pass; on a larger batch a device only the block outputs."""
     assert jax.default_backend() == "cpu"
-    x = jnp.zeros((2, 16, 16, 3))
-    labels = jnp.zeros(2, jnp.int32)
 
-    def compiled_conditionals(model):
+    def compiled_conditionals(model, batch=2):
+        x = jnp.zeros((batch, 16, 16, 3))
+        labels = jnp.zeros(batch, jnp.int32)
         variables = model.init(jax.random.key(0), x)
 
         def train_loss(params):
@@ -75,9 +75,7 @@ def test_resnet_auto_lowering_keeps_what_each_convolution_reads_in_the_compiled_
 
     narrow = {"widths": (4, 8, 16)}
     assert compiled_conditionals(create_model("resnet20", 10, **narrow)) == 2 * (1 + 9 * 2)
-    x = jnp.zeros((65, 16, 16, 3))
-    labels = jnp.zeros(65, jnp.int32)
-    assert compiled_conditionals(create_model("resnet20", 10, **narrow)) == 2 * 9
+    assert compiled_conditionals(create_model("resnet20", 10, **narrow), batch=65) == 2 * 9
     assert compiled_conditionals(create_model("resnet20", 10, lowering="xla", **narrow)) == 0
 
 

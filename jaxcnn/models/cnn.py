@@ -20,11 +20,12 @@ masks, so the math does not depend on the device count; leave it None outside a
 On a CPU the convolutions' weight gradients are summed over chunks of 64 examples
 (``layers.conv_general_dilated``): XLA:CPU's kernel for them slows down on larger batches.
 
-``lowering``: ``"stored"`` keeps each block's output (what the next convolution reads) in memory
-once computed (``layers.stored``), so that XLA does not recompute BatchNorm, ReLU, the pooling
-and the dropout inside the transpose that feeds that convolution's weight gradient; ``"xla"``
-leaves that to XLA's fusion. The same function and gradients; ``"auto"`` (the default) takes
-``"stored"`` on a CPU, where it trains the CNN with BatchNorm 1.1x faster, and ``"xla"`` elsewhere.
+``lowering``: ``"stored"`` keeps each block's output (what the next convolution, or the first dense
+layer, reads) in memory once computed (``layers.stored``), so that XLA does not recompute BatchNorm,
+ReLU, the pooling and the dropout inside the transpose that feeds that convolution's weight
+gradient; ``"xla"`` leaves that to XLA's fusion. The same function and gradients; ``"auto"`` (the
+default) takes ``"stored"`` on a CPU, where it trains the CNN with BatchNorm 1.1x faster, and
+``"xla"`` elsewhere.
 """
 
 from typing import Any, Callable, Sequence
