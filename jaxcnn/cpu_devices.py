@@ -41,6 +41,13 @@ def usable_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def one_core_each(local_devices: list) -> bool:
+    """Whether ``local_devices`` (this process's devices of a mesh) are CPU devices with at most
+    one core each: one device per usable core or more (the launcher's default split)."""
+    return (bool(local_devices) and local_devices[0].platform == "cpu"
+            and len(local_devices) >= usable_cores())
+
+
 def request(multi_process: bool = False, environ=os.environ) -> int | None:
     """Asks XLA for one host device per usable core (before JAX starts its backends: it reads
     ``XLA_FLAGS`` once). Returns the count asked for, or None where the user already chose, the

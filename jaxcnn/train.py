@@ -32,6 +32,7 @@ from jaxcnn.checkpoint import Progress
 from jaxcnn.errors import RunStopped, UserError
 from jaxcnn.signals import StopSignals
 from jaxcnn.summary import Summary, summarize
+from jaxcnn.models import layers
 
 AXIS = "data"
 # Calls the host may queue on several devices before it waits for the oldest one's metrics.
@@ -370,7 +371,8 @@ class Trainer:
             self.feed = feed.MemoryFeed(data, mesh, self.settings, self.epoch_loop)
         self._train_sums0, self._eval_sums0 = zero_sums(state, eval_batch_size, image_shape)
         start = time.perf_counter()
-        self.feed.compile(self.state, self.zero_sums(), feed.replicated(mesh, self._eval_sums0))
+        with layers.one_core_per_device(cpu_devices.one_core_each(mesh.local_devices)):
+            self.feed.compile(self.state, self.zero_sums(), feed.replicated(mesh, self._eval_sums0))
         self.compile_seconds = time.perf_counter() - start
 
     # -- running ---------------------------------------------------------------------------

@@ -103,3 +103,11 @@ def test_the_launcher_splits_the_cnn_and_not_lenet(tmp_path):
     assert launch_devices(tmp_path, "lenet_fashion.py", "--set", "batch_size=128") == 1
     # A batch that does not split is not refused: the run takes the devices it divides over.
     assert launch_devices(tmp_path, "cnn_bn.py", "--set", "batch_size=127") == 1
+
+
+def test_one_core_each_where_there_is_a_cpu_device_per_core(monkeypatch):
+    monkeypatch.setattr(cpu_devices, "usable_cores", lambda: 2)
+    cpu, gpu = types.SimpleNamespace(platform="cpu"), types.SimpleNamespace(platform="gpu")
+    assert cpu_devices.one_core_each([cpu, cpu]) and cpu_devices.one_core_each([cpu] * 4)
+    assert not cpu_devices.one_core_each([cpu])
+    assert not cpu_devices.one_core_each([gpu, gpu]) and not cpu_devices.one_core_each([])

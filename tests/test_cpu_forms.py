@@ -1,6 +1,8 @@
 """The models' CPU forms: values computed once (layers.stored, the ResNets' "stored" lowering) and
-weight gradients in chunks (layers.conv_general_dilated): the same function and gradients as
+weight gradients in chunks and narrow convolutions widened (layers.conv_general_dilated): the same function and gradients as
 plain XLA, really present in what runs on a CPU, and absent when compiling for a TPU."""
+
+import re
 
 import jax
 import jax.numpy as jnp
@@ -124,6 +126,110 @@ def test_a_bad_weight_gradient_chunk_is_refused(monkeypatch):
     with pytest.raises(UserError, match="JAXCNN_WEIGHT_GRADIENT_CHUNK must be a whole number of "
                                         "examples .* got 'sixty'"):
         layers.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+def _conv_loss(conv, strides, padding):
+    def f(x, w):
+        y = conv(x, w, strides, padding, dimension_numbers=NHWC)
+        return (jnp.sin(y) * jnp.arange(y.size).reshape(y.shape) / y.size).sum()
+    return f
+
+
+@pytest.fixture
+def x86(monkeypatch):
+    """The widening is for x86-64 (where it was measured): the tests see one on any machine."""
+    monkeypatch.setattr(layers.platform, "machine", lambda: "x86_64")
+
+
+@pytest.mark.parametrize("x_shape, w_shape, padding, widened", [
+    # the CIFAR ResNets' first stage (16 -> 16): 17 outputs forward, 17 inputs' gradient
+    ((6, 9, 9, 16), (3, 3, 16, 16), ((1, 1), (1, 1)), ("3x3x16x17",)),
+    ((6, 9, 9, 16), (3, 3, 16, 16), "SAME", ("3x3x16x17",)),
+    ((6, 9, 9, 16), (3, 3, 16, 16), "VALID", ("3x3x16x17",)),
+    ((6, 9, 9, 8), (3, 3, 8, 32), ((1, 1), (1, 1)), ("3x3x8x33", "3x3x32x9")),
+    ((6, 9, 11, 32), (3, 5, 32, 8), ((0, 2), (1, 3)), ("3x5x32x9", "3x5x8x33")),
+])
+@pytest.mark.parametrize("chunk", ["4", "0"])  # 6 examples: weight gradients in chunks of 4 and 2
+def test_a_widened_convolution_is_the_convolution(monkeypatch, x86, x_shape, w_shape, padding,
+                                                  widened, chunk):
+    monkeypatch.setenv("JAXCNN_WEIGHT_GRADIENT_CHUNK", chunk)
+    rng = np.random.default_rng(2)
+    x = jnp.asarray(rng.normal(size=x_shape).astype(np.float32))
+    fan_in = np.prod(w_shape[:3])  # outputs of about unit size, as in a network
+    w = jnp.asarray(rng.normal(size=w_shape).astype(np.float32) / np.sqrt(fan_in))
+    want = jax.value_and_grad(_conv_loss(jax.lax.conv_general_dilated, (1, 1), padding),
+                              argnums=(0, 1))(x, w)
+    f = jax.value_and_grad(_conv_loss(layers.conv_general_dilated, (1, 1), padding), argnums=(0, 1))
+    with layers.one_core_per_device():
+        text = _lowered(f, x, w)
+        got = jax.jit(f)(x, w)
+    for kernel in widened:
+        assert f"tensor<{kernel}xf32>" in text
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def _widened_kernels(x_shape, w_shape, strides=(1, 1), dtype=jnp.float32) -> int:
+    x, w = jnp.zeros(x_shape, dtype), jnp.zeros(w_shape, dtype)
+    text = _lowered(jax.grad(_conv_loss(layers.conv_general_dilated, strides, "SAME"), argnums=(0, 1)),
+                    x, w)
+    shapes = {tuple(map(int, s.split("x"))) for s in re.findall(r"tensor<(\d+x\d+x\d+x\d+)xf32>", text)}
+    kernels = {s for s in shapes if s[:2] == w_shape[:2]}
+    return len(kernels - {w_shape, (*w_shape[:2], w_shape[3], w_shape[2])})
+
+
+def test_only_narrow_stride_1_convolutions_are_widened_and_only_where_each_device_has_one_core(
+        monkeypatch, x86):
+    narrow = (4, 8, 8, 16), (3, 3, 16, 16)
+    assert _widened_kernels(*narrow) == 0  # outside one_core_per_device: XLA's own
+    with layers.one_core_per_device():
+        assert _widened_kernels(*narrow) == 1
+        assert _widened_kernels((4, 8, 8, 16), (3, 3, 16, 32)) == 0  # already YNNPACK's
+        assert _widened_kernels((4, 8, 8, 8), (3, 3, 8, 8)) == 0  # 33 outputs for 8: too many
+        assert _widened_kernels(*narrow, strides=(2, 2)) == 0
+        assert _widened_kernels((4, 8, 8, 16), (1, 1, 16, 16)) == 0  # a matrix product to XLA
+        assert _widened_kernels(*narrow, dtype=jnp.bfloat16) == 0
+        with layers.one_core_per_device(False):
+            assert _widened_kernels(*narrow) == 0
+        with layers.compiling_for("tpu"):
+            assert _widened_kernels(*narrow) == 0
+        monkeypatch.setenv("JAXCNN_WIDEN_CONVOLUTIONS", "0")
+        assert _widened_kernels(*narrow) == 0
+        monkeypatch.setenv("JAXCNN_WIDEN_CONVOLUTIONS", "yes")
+        with pytest.raises(UserError, match="JAXCNN_WIDEN_CONVOLUTIONS must be 1 .* or 0 .* got 'yes'"):
+            _widened_kernels(*narrow)
+        monkeypatch.delenv("JAXCNN_WIDEN_CONVOLUTIONS")
+        monkeypatch.setattr(layers.platform, "machine", lambda: "arm64")  # not measured there
+        assert _widened_kernels(*narrow) == 0
+
+
+def test_the_trainer_widens_where_each_device_has_one_core(monkeypatch, x86, devices):
+    """Two devices on two cores (the launcher's split): widened; one device: XLA's own; the
+    same training either way."""
+    from jax.sharding import Mesh
+
+    from jaxcnn import config as config_lib, cpu_devices, datasets
+    from jaxcnn.train import AXIS, Trainer
+
+    monkeypatch.setattr(cpu_devices, "usable_cores", lambda: 2)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (64, 8, 8, 1)).astype(np.uint8)
+    labels = (np.arange(64) % 4).astype(np.int32)
+    data = datasets.Dataset("synthetic", images, labels, images[:16], labels[:16], 4,
+                            ("a", "b", "c", "d"), "generated")
+    config = config_lib.resolve({"model": {"name": "cnn", "cdims": [16, 16], "hdims": [8]},
+                                 "batch_size": 16, "eval_batch_size": 16, "epochs": 1,
+                                 "optimizer": {"name": "momentum", "learning_rate": 0.05}})
+    results = []
+    for count in (1, 2):
+        trainer = Trainer(config, data, Mesh(np.array(devices[:count]), (AXIS,)))
+        assert ("f32[3,3,16,17]" in trainer.feed._train.as_text()) == (count == 2)
+        results.append({**trainer.train_epoch(0), **trainer.evaluate()})
+    for key in ("train_loss", "test_loss", "test_accuracy"):
+        np.testing.assert_allclose(results[0][key], results[1][key], rtol=1e-5)
 
 
 def test_compiling_for_a_tpu_leaves_out_the_cpu_forms():

@@ -18,6 +18,7 @@ import functools
 import math
 import numbers
 import os
+import platform
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -151,6 +152,7 @@ def stored(x: jax.Array) -> jax.Array:
     return jax.lax.cond(first == first, lambda v: v, lambda v: v + (-0.0), x)
 
 
+NHWC = ("NHWC", "HWIO", "NHWC")
 WEIGHT_GRADIENT_CHUNK = 64  # examples; $JAXCNN_WEIGHT_GRADIENT_CHUNK overrides it, 0 turns it off
 
 
@@ -164,16 +166,108 @@ def weight_gradient_chunk() -> int:
     return int(text)
 
 
+# XLA:CPU hands a convolution to YNNPACK only where input x output channels exceed this; narrower
+# ones run on XLA's own kernel.
+YNNPACK_MIN_CHANNEL_PRODUCT = 257
+# The most extra output channels a widened convolution may compute, as a share of its own.
+WIDEN_MAX_EXTRA = 1 / 8
+
+_ONE_CORE_PER_DEVICE = contextvars.ContextVar("jaxcnn_one_core_per_device", default=False)
+
+
+@contextlib.contextmanager
+def one_core_per_device(value: bool = True):
+    """Trace models inside this block for CPU devices with at most one core each (the launcher's
+    one device per core, ``jaxcnn.cpu_devices``): then narrow convolutions are widened (see
+    ``conv_general_dilated``). ``Trainer`` traces its steps in one where that holds."""
+    token = _ONE_CORE_PER_DEVICE.set(bool(value))
+    try:
+        yield
+    finally:
+        _ONE_CORE_PER_DEVICE.reset(token)
+
+
+def widen_narrow_convolutions() -> bool:
+    """Whether narrow convolutions may be widened ($JAXCNN_WIDEN_CONVOLUTIONS, default 1; 0: no)."""
+    text = os.environ.get("JAXCNN_WIDEN_CONVOLUTIONS", "1").strip()
+    if text not in ("0", "1"):
+        raise UserError(f"JAXCNN_WIDEN_CONVOLUTIONS must be 1 (widen the narrow convolutions on a "
+                        f"CPU, the default) or 0 (leave them to XLA), got {text!r}.")
+    return text == "1"
+
+
+def _widened_width(inputs: int, outputs: int) -> int | None:
+    """The output channels to compute for an ``inputs`` -> ``outputs`` convolution so that
+    XLA:CPU gives it to YNNPACK, or None where it already does or where that costs more than
+    ``WIDEN_MAX_EXTRA`` extra outputs."""
+    if inputs * outputs >= YNNPACK_MIN_CHANNEL_PRODUCT:
+        return None
+    width = -(-YNNPACK_MIN_CHANNEL_PRODUCT // inputs)
+    return width if width <= outputs * (1 + WIDEN_MAX_EXTRA) else None
+
+
+def _widening(lhs, rhs, spec, window_strides, padding, lhs_dilation, rhs_dilation,
+              feature_group_count, batch_group_count, precision, preferred_element_type):
+    """For a convolution to widen on this CPU: (forward width or None, input-gradient width or
+    None, padding as (low, high) pairs); None where it is left to XLA."""
+    if not (_ONE_CORE_PER_DEVICE.get() and platform.machine().lower() in ("x86_64", "amd64")
+            and widen_narrow_convolutions()):
+        return None
+    simple = (spec == jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, NHWC)
+              and lhs.ndim == 4 and lhs.dtype == rhs.dtype == jnp.float32
+              and feature_group_count == batch_group_count == 1
+              and precision is None and preferred_element_type is None
+              and all(s == 1 for s in window_strides)
+              and all(d == 1 for d in (lhs_dilation or ()) + (rhs_dilation or ()))
+              and max(rhs.shape[:2]) > 1)  # 1x1 convolutions are matrix products to XLA
+    if not simple:
+        return None
+    kernel = rhs.shape[:2]
+    if isinstance(padding, str):
+        padding = jax.lax.padtype_to_pads(lhs.shape[1:3], kernel, window_strides, padding)
+    padding = tuple(tuple(p) for p in padding)
+    if not all(0 <= p <= k - 1 for (low, high), k in zip(padding, kernel) for p in (low, high)):
+        return None
+    inputs, outputs = rhs.shape[2:]
+    forward, backward = _widened_width(inputs, outputs), _widened_width(outputs, inputs)
+    return None if forward is None and backward is None else (forward, backward, padding)
+
+
+def _widened_conv(x, kernel, padding, width):
+    """A stride-1 NHWC/HWIO convolution computed with ``width`` output channels (zero kernels
+    beyond the real ones), of which the real ones are returned."""
+    outputs = kernel.shape[3]
+    kernel = jnp.pad(kernel, ((0, 0), (0, 0), (0, 0), (0, width - outputs)))
+    return jax.lax.conv_general_dilated(x, kernel, (1, 1), padding, dimension_numbers=NHWC)[..., :outputs]
+
+
+def _input_gradient(dy, kernel, padding, width):
+    """The input gradient of a stride-1 NHWC/HWIO convolution as a forward convolution of ``dy``
+    (the flipped kernel, its inputs and outputs swapped), widened to ``width`` outputs."""
+    flipped = jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)
+    pads = tuple((k - 1 - low, k - 1 - high) for (low, high), k in zip(padding, kernel.shape[:2]))
+    return _widened_conv(dy, flipped, pads, width)
+
+
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
                          dimension_numbers=None, feature_group_count=1, batch_group_count=1,
                          precision=None, preferred_element_type=None):
-    """``jax.lax.conv_general_dilated`` whose weight gradient, on a CPU, is summed over chunks of
-    ``weight_gradient_chunk()`` examples (the same value up to the order of the sums).
+    """``jax.lax.conv_general_dilated`` with two CPU forms (the same values up to the order of the
+    sums):
 
-    XLA:CPU's weight-gradient kernel slows down several-fold per image on large batches (the
-    CNN's second convolution at 512 images: 265 ms, 14 GFLOP/s, against 12.5 ms for 128); the
-    chunks keep it at its small-batch speed. The input gradient and the forward pass are XLA's
-    own. For ``nn.Conv(conv_general_dilated=...)``: see ``Conv``.
+    - the weight gradient summed over chunks of ``weight_gradient_chunk()`` examples: XLA:CPU's
+      weight-gradient kernel slows down several-fold per image on large batches (the CNN's
+      second convolution at 512 images: 265 ms, 14 GFLOP/s, against 12.5 ms for 128), the
+      chunks keep it at its small-batch speed;
+    - narrow convolutions widened where each device has one core (inside
+      ``one_core_per_device``, x86-64): XLA:CPU gives a convolution to YNNPACK only where input
+      x output channels exceed 256, and runs the narrower ones on its own kernel, slower on one
+      core (ResNet-20's 16 -> 16 at 32x32, 64 images: 6.0 ms forward against 4.7 ms as 16 -> 17).
+      So the forward pass and the input gradient compute one or a few zero output channels more
+      (at most ``WIDEN_MAX_EXTRA``) and drop them; stride 1, float32, NHWC/HWIO only.
+
+    Otherwise, and on a GPU or TPU, XLA's own. For ``nn.Conv(conv_general_dilated=...)``: see
+    ``Conv``.
     """
     conv = functools.partial(jax.lax.conv_general_dilated, window_strides=window_strides,
                              padding=padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
@@ -184,30 +278,43 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
     spec = jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
     in_axis, out_axis = spec.lhs_spec[0], spec.out_spec[0]  # the batch axes
     n = lhs.shape[in_axis]
-    size = weight_gradient_chunk() if target_platform() == "cpu" else 0
-    if not 0 < size < n or batch_group_count != 1:
+    on_cpu = target_platform() == "cpu"
+    size = weight_gradient_chunk() if on_cpu else 0
+    chunks = 0 < size < n and batch_group_count == 1
+    widening = on_cpu and _widening(lhs, rhs, spec, window_strides, padding, lhs_dilation,
+                                    rhs_dilation, feature_group_count, batch_group_count,
+                                    precision, preferred_element_type)
+    if not chunks and not widening:
         return conv(lhs, rhs)
+    forward_width, backward_width, pads = widening or (None, None, None)
+
+    def forward_conv(lhs, rhs):
+        return _widened_conv(lhs, rhs, pads, forward_width) if forward_width else conv(lhs, rhs)
 
     @jax.custom_vjp
-    def chunked(lhs, rhs):
-        return conv(lhs, rhs)
+    def cpu_conv(lhs, rhs):
+        return forward_conv(lhs, rhs)
 
     def forward(lhs, rhs):
-        return conv(lhs, rhs), (lhs, rhs)
+        return forward_conv(lhs, rhs), (lhs, rhs)
 
     def backward(saved, dy):
         lhs, rhs = saved
-        d_lhs = jax.vjp(lambda x: conv(x, rhs), lhs)[1](dy)[0]
+        if backward_width:
+            d_lhs = _input_gradient(dy, rhs, pads, backward_width)
+        else:
+            d_lhs = jax.vjp(lambda x: conv(x, rhs), lhs)[1](dy)[0]
+        step = size if chunks else n
         d_rhs = 0
-        for start in range(0, n, size):
-            stop = min(start + size, n)
+        for start in range(0, n, step):
+            stop = min(start + step, n)
             x, dy_piece = (jax.lax.slice_in_dim(a, start, stop, axis=axis)
                            for a, axis in ((lhs, in_axis), (dy, out_axis)))
             d_rhs = d_rhs + jax.vjp(functools.partial(conv, x), rhs)[1](dy_piece)[0]
         return d_lhs, d_rhs
 
-    chunked.defvjp(forward, backward)
-    return chunked(lhs, rhs)
+    cpu_conv.defvjp(forward, backward)
+    return cpu_conv(lhs, rhs)
 
 
 # ``nn.Conv`` computing through ``conv_general_dilated`` above: the same parameters and function.

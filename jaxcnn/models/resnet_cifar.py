@@ -32,7 +32,8 @@ that feed the weight gradients; ``"xla"`` leaves all that to XLA's fusion. The s
 and gradients; ``"auto"`` (the default) takes ``"stored"`` on a CPU, where it trains ResNet-20 1.3x
 faster, and ``"xla"`` elsewhere. On a CPU the convolutions' weight gradients are summed over chunks
 of 64 examples (``layers.conv_general_dilated``): XLA:CPU's kernel for them slows down on larger
-batches.
+batches; where each device has one core (the launcher's one device per core) the first stage's
+16 -> 16 convolutions compute 17 outputs and drop one, so that XLA:CPU runs them on YNNPACK.
 
 Initialisation: conv kernels He-normal (fan-in, He et al. 2015, as the paper), BN scale 1 and
 bias 0, fc as PyTorch's Linear default.
