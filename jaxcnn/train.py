@@ -30,9 +30,9 @@ from jaxcnn import (checkpoint, console, cpu_devices, datasets, feed, input_pipe
                     rundir, stream)
 from jaxcnn.checkpoint import Progress
 from jaxcnn.errors import RunStopped, UserError
+from jaxcnn.models import layers
 from jaxcnn.signals import StopSignals
 from jaxcnn.summary import Summary, summarize
-from jaxcnn.models import layers
 
 AXIS = "data"
 # Calls the host may queue on several devices before it waits for the oldest one's metrics.

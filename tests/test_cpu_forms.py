@@ -1,6 +1,7 @@
-"""The models' CPU forms: values computed once (layers.stored, the ResNets' "stored" lowering) and
-weight gradients in chunks and narrow convolutions widened (layers.conv_general_dilated): the same function and gradients as
-plain XLA, really present in what runs on a CPU, and absent when compiling for a TPU."""
+"""The models' CPU forms: values computed once (layers.stored, the ResNets' "stored" lowering),
+weight gradients in chunks and narrow convolutions widened (layers.conv_general_dilated): the
+same function and gradients as plain XLA, really present in what runs on a CPU, and absent when
+compiling for a TPU."""
 
 import re
 
@@ -128,12 +129,9 @@ def test_a_bad_weight_gradient_chunk_is_refused(monkeypatch):
         layers.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
-NHWC = ("NHWC", "HWIO", "NHWC")
-
-
 def _conv_loss(conv, strides, padding):
     def f(x, w):
-        y = conv(x, w, strides, padding, dimension_numbers=NHWC)
+        y = conv(x, w, strides, padding, dimension_numbers=layers.NHWC)
         return (jnp.sin(y) * jnp.arange(y.size).reshape(y.shape) / y.size).sum()
     return f
 

@@ -281,9 +281,9 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
     on_cpu = target_platform() == "cpu"
     size = weight_gradient_chunk() if on_cpu else 0
     chunks = 0 < size < n and batch_group_count == 1
-    widening = on_cpu and _widening(lhs, rhs, spec, window_strides, padding, lhs_dilation,
-                                    rhs_dilation, feature_group_count, batch_group_count,
-                                    precision, preferred_element_type)
+    widening = _widening(lhs, rhs, spec, window_strides, padding, lhs_dilation, rhs_dilation,
+                         feature_group_count, batch_group_count, precision,
+                         preferred_element_type) if on_cpu else None
     if not chunks and not widening:
         return conv(lhs, rhs)
     forward_width, backward_width, pads = widening or (None, None, None)
