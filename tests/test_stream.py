@@ -165,6 +165,20 @@ def test_channel_statistics_are_the_float64_mean_and_std():
     assert transforms.channel_statistics(np.full((4, 2, 2, 1), 7, np.uint8)) == ((7 / 255,), (1e-3,))
 
 
+@pytest.mark.parametrize("channels", [1, 3])
+def test_channel_statistics_in_chunks_equal_one_pass(monkeypatch, channels):
+    # Chunks and rows that do not divide the pixels: the sums still cover each pixel once.
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (37, 11, 13, channels), dtype=np.uint8)
+    whole = transforms.channel_statistics(images)
+    monkeypatch.setattr(transforms, "_SUM_CHUNK", 1000)
+    monkeypatch.setattr(transforms, "_SUM_WIDTH", 64)
+    assert transforms.channel_statistics(images) == whole
+    pixels = images.reshape(-1, channels).astype(np.float64) / 255.0
+    np.testing.assert_allclose(whole[0], pixels.mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(whole[1], pixels.std(axis=0), rtol=1e-12)
+
+
 def test_streamed_and_in_memory_evaluation_agree(devices):
     config = config_lib.resolve({"epochs": 1, "batch_size": 32, "eval_batch_size": 24,
                                  "data": {"num_workers": 0}})
