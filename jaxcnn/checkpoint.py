@@ -5,6 +5,12 @@ dropout key) and a small JSON ``progress`` record (where in the epoch the run is
 epoch's metric sums, the best test accuracy so far). Orbax writes each one into a temporary
 folder and renames it when complete, so a killed process never leaves a half-written checkpoint
 under a step's name. The last ``keep`` checkpoints are kept, plus the best by test accuracy.
+
+A training run saves in the background (``asynchronous``): Orbax's ``save`` copies the arrays to
+host memory before it returns (so the next step may donate the state's buffers; tested) and
+writes them while training goes on; the next ``save``, ``steps``, ``best_step`` and ``close``
+wait for that write, so a checkpoint is on disk before anything reads the folder and before the
+run ends or stops on a signal.
 """
 
 import contextlib
@@ -56,10 +62,12 @@ def _to_saveable(state):
 class Checkpoints:
     """Saves and restores the checkpoints of one run directory (only reads with ``read_only``)."""
 
-    def __init__(self, directory: str, keep: int, read_only: bool = False):
+    def __init__(self, directory: str, keep: int, read_only: bool = False,
+                 asynchronous: bool = False):
         self.directory = os.path.abspath(directory)
+        self.asynchronous = asynchronous and not read_only
         options = dict(
-            enable_async_checkpointing=False,  # the next step donates the state's buffers
+            enable_async_checkpointing=self.asynchronous,
             read_only=read_only,
             # With best_fn Orbax also writes each checkpoint's test accuracy to disk, so the best
             # one is still known (and kept) after a resume.
@@ -77,24 +85,29 @@ class Checkpoints:
     def save(self, state, progress: Progress, test_accuracy: float | None = None) -> int:
         step = int(jax.device_get(state.step))
         metrics = None if test_accuracy is None else {"test_accuracy": float(test_accuracy)}
+        self.manager.wait_until_finished()  # the save before this one
         with _quiet_absl():  # Orbax warns about every checkpoint saved without a test accuracy
             self.manager.save(step, args=ocp.args.Composite(
                 state=ocp.args.StandardSave(_to_saveable(state)),
                 progress=ocp.args.JsonSave(dataclasses.asdict(progress))), metrics=metrics, force=True)
-        self.manager.wait_until_finished()
+        if not self.asynchronous:
+            self.manager.wait_until_finished()
         return step
 
     def close(self) -> None:
-        """Stops Orbax's background work for this run directory."""
+        """Waits for a save still being written, then stops Orbax's background work."""
+        self.manager.wait_until_finished()
         self.manager.close()
 
     def steps(self) -> list[int]:
+        """The steps of the checkpoints on disk (after any save still being written)."""
+        self.manager.wait_until_finished()
         return sorted(self.manager.all_steps())
 
     def best_step(self) -> int | None:
         """The step of the checkpoint with the highest test accuracy; None when no checkpoint
         has one (only epochs that were evaluated have it)."""
-        if not any(self.manager.metrics(step) for step in self.steps()):
+        if not any(self.manager.metrics(step) for step in self.steps()):  # steps() waits
             return None
         return self.manager.best_step()
 

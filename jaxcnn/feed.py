@@ -175,7 +175,7 @@ def _sharded(fn, mesh: Mesh, in_specs, out_specs):
 
 def memory_programs(mesh: Mesh, settings, epoch_loop: str):
     """The jitted train and eval programs of the memory feed: (state, sums, images, labels,
-    perm, epoch, first_step) and (state, sums, images, labels, first_step), all replicated.
+    perm, seed_key, epoch, first_step) and (state, sums, images, labels, first_step), all replicated.
     With epoch_loop 'scan' one call runs a whole epoch (or the whole evaluation)."""
     from jaxcnn import train
 
@@ -186,7 +186,7 @@ def memory_programs(mesh: Mesh, settings, epoch_loop: str):
     eval_fn = functools.partial(train.eval_steps_from_memory, settings=settings,
                                 num_steps=settings.eval_steps if scan else 1)
     # The state's buffers are reused; the metric sums are not, so the loop can wait on them.
-    return (jax.jit(_sharded(train_fn, mesh, (rep,) * 7, rep), donate_argnums=(0,)),
+    return (jax.jit(_sharded(train_fn, mesh, (rep,) * 8, rep), donate_argnums=(0,)),
             jax.jit(_sharded(eval_fn, mesh, (rep,) * 5, rep), donate_argnums=(1,)))
 
 
@@ -206,11 +206,14 @@ class MemoryFeed:
     """The dataset replicated on every device; ``epoch_loop`` 'scan' runs a whole epoch per call."""
 
     def __init__(self, data: Dataset, mesh: Mesh, settings, epoch_loop: str):
+        from jaxcnn import train
+
         self.mesh, self.settings, self.epoch_loop = mesh, settings, epoch_loop
         self.num_train, self.num_test = data.num_train, data.num_test
         put = functools.partial(replicated, mesh)
         self.train_images, self.train_labels = put(data.train_images), put(data.train_labels)
         self.test_images, self.test_labels = put(data.test_images), put(data.test_labels)
+        self.seed_key = put(train.seed_key_data(settings.seed))
         self.steps_per_call = settings.steps_per_epoch if epoch_loop == "scan" else 1
         self._eval_steps_per_call = settings.eval_steps if epoch_loop == "scan" else 1
         self._train_fn, self._eval_fn = memory_programs(mesh, settings, epoch_loop)
@@ -221,7 +224,7 @@ class MemoryFeed:
     def compile(self, state, train_sums, eval_sums) -> None:
         perm = self.permutation(0)
         self._train = self._train_fn.lower(state, train_sums, self.train_images, self.train_labels,
-                                           perm, 0, 0).compile()
+                                           perm, self.seed_key, 0, 0).compile()
         self._eval = self._eval_fn.lower(state, eval_sums, self.test_images, self.test_labels,
                                          0).compile()
 
@@ -238,7 +241,7 @@ class MemoryFeed:
     def train(self, state, sums, epoch: int, step: int):
         """Runs ``steps_per_call`` steps from ``step`` of ``epoch``: (state, metric sums)."""
         return self._train(state, sums, self.train_images, self.train_labels,
-                           self.permutation(epoch), epoch, step)
+                           self.permutation(epoch), self.seed_key, epoch, step)
 
     def evaluate(self, state, sums):
         for step in range(0, self.settings.eval_steps, self._eval_steps_per_call):

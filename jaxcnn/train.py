@@ -235,14 +235,22 @@ def _device_rows(batch_size: int, num_devices: int):
     return local, jax.lax.axis_index(AXIS) * local
 
 
-def train_steps_from_memory(state, sums, images, labels, perm, epoch, first_step, *,
+def seed_key_data(seed: int) -> np.ndarray:
+    """The raw data of ``jax.random.key(seed)``, which keys the memory feed's augmentation: an
+    argument of the train program rather than a constant in it, so that a run with another seed
+    reuses the compiled program (and its compilation-cache entry)."""
+    return np.asarray(jax.random.key_data(jax.random.key(seed)))
+
+
+def train_steps_from_memory(state, sums, images, labels, perm, seed_key, epoch, first_step, *,
                             settings: StepSettings, num_steps: int):
     """``num_steps`` steps from ``first_step`` of ``epoch`` with the dataset on the device:
-    images uint8 [N, H, W, C], labels int32 [N], perm int32 [N] (the epoch's order). Each device
-    gathers, normalises and augments its own rows; augmentation is keyed by global position."""
+    images uint8 [N, H, W, C], labels int32 [N], perm int32 [N] (the epoch's order), seed_key
+    ``seed_key_data(seed)``. Each device gathers, normalises and augments its own rows;
+    augmentation is keyed by (seed, epoch, step, global position)."""
     local, first_row = _device_rows(settings.batch_size, settings.num_devices)
     positions = first_row + jnp.arange(local, dtype=jnp.int32)
-    epoch_key = jax.random.fold_in(jax.random.key(settings.seed), epoch)
+    epoch_key = jax.random.fold_in(jax.random.wrap_key_data(seed_key), epoch)
 
     def one_step(carry, step):
         state, sums = carry
@@ -504,7 +512,8 @@ def _run(config: dict, workdir: str, trainer: Trainer, session_start: float, log
     data, steps_per_epoch, epochs = trainer.data, trainer.steps_per_epoch, config["epochs"]
     every_steps = config["checkpoint"]["every_steps"]
     writer = rundir.RunWriter(workdir, enabled=jax.process_index() == 0)
-    ckpts = checkpoint.Checkpoints(os.path.join(workdir, "checkpoints"), config["checkpoint"]["keep"])
+    ckpts = checkpoint.Checkpoints(os.path.join(workdir, "checkpoints"), config["checkpoint"]["keep"],
+                                   asynchronous=True)
     image_shape = list(trainer.settings.image_shape)
     info = {"model": config["model"]["name"], "param_count": trainer.param_count,
             "data": {"dataset": data.name, "source": data.source, "warning": data.warning,

@@ -230,3 +230,24 @@ def test_the_best_checkpoint_is_kept_and_known_after_a_resume(tmp_path):
     reader.close()
     jax.tree.map(np.testing.assert_array_equal, variables["params"], jax.device_get(s.params))
     assert reader.steps() == [2, 5, 6]  # reading changed nothing
+
+
+def test_a_background_save_keeps_the_state_it_was_given(tmp_path):
+    """A training run saves asynchronously and the next step donates the state's buffers: the
+    checkpoint must still hold the state as it was when ``save`` was called (Orbax copies it to
+    host memory before ``save`` returns; this fails if a version of Orbax stops doing that)."""
+    s = create_train_state(create_model("lenet5", 10), optax.adam(1e-3), (28, 28, 1), 0)
+    expected = jax.device_get(s.params)
+    ckpts = checkpoint.Checkpoints(str(tmp_path / "checkpoints"), keep=2, asynchronous=True)
+    ckpts.save(s, checkpoint.Progress(epoch=1), 0.5)
+    # What the next training step does to the saved state's buffers: donate and overwrite them.
+    overwrite = jax.jit(lambda p: jax.tree.map(lambda x: x * 0 - 1, p), donate_argnums=0)
+    clobbered = overwrite(s.params)
+    assert ckpts.steps() == [0]  # waits for the write
+    assert ckpts.best_step() == 0
+    ckpts.close()
+    reader = checkpoint.Checkpoints(str(tmp_path / "checkpoints"), keep=2, read_only=True)
+    variables = reader.restore_variables(0, {"params": jax.eval_shape(lambda: expected)})
+    reader.close()
+    jax.tree.map(np.testing.assert_array_equal, variables["params"], expected)
+    assert all(np.all(np.asarray(x) == -1) for x in jax.tree.leaves(clobbered))

@@ -169,6 +169,14 @@ def test_trainer_on_8_devices_matches_1_device_with_augmentation(devices, model)
     assert_trees_close(t1.variables(), t8.variables(), rtol=1e-5, atol=1e-6)
 
 
+def test_the_seed_is_not_compiled_into_the_augmenting_train_program(devices):
+    # Another seed reuses the compiled program (and its compilation-cache entry).
+    mesh = Mesh(np.array(devices[:1]), (AXIS,))
+    programs = [Trainer(trainer_config(seed=seed), synthetic_dataset(), mesh).feed._train.as_text()
+                for seed in (0, 1)]
+    assert programs[0] == programs[1]
+
+
 def test_scan_epoch_loop_equals_the_step_loop(devices):
     t_step, h_step = run_trainer(trainer_config(epoch_loop="step"), devices[:2])
     t_scan, h_scan = run_trainer(trainer_config(epoch_loop="scan"), devices[:2])
