@@ -206,18 +206,16 @@ class MemoryFeed:
     """The dataset replicated on every device; ``epoch_loop`` 'scan' runs a whole epoch per call."""
 
     def __init__(self, data: Dataset, mesh: Mesh, settings, epoch_loop: str):
-        from jaxcnn import train
-
         self.mesh, self.settings, self.epoch_loop = mesh, settings, epoch_loop
         self.num_train, self.num_test = data.num_train, data.num_test
         put = functools.partial(replicated, mesh)
         self.train_images, self.train_labels = put(data.train_images), put(data.train_labels)
         self.test_images, self.test_labels = put(data.test_images), put(data.test_labels)
-        self.seed_key = put(train.seed_key_data(settings.seed))
+        self.seed_key = put(input_pipeline.seed_key_data(settings.seed))
         self.steps_per_call = settings.steps_per_epoch if epoch_loop == "scan" else 1
         self._eval_steps_per_call = settings.eval_steps if epoch_loop == "scan" else 1
         self._train_fn, self._eval_fn = memory_programs(mesh, settings, epoch_loop)
-        self._permute = jax.jit(input_pipeline.epoch_permutation, static_argnums=(0, 2),
+        self._permute = jax.jit(input_pipeline.epoch_permutation, static_argnums=(2,),
                                 out_shardings=NamedSharding(mesh, P()))
         self._perm_epoch, self._perm = None, None
 
@@ -231,7 +229,7 @@ class MemoryFeed:
     def permutation(self, epoch: int):
         """The order of the training examples in ``epoch`` (on the devices)."""
         if self._perm_epoch != epoch:
-            self._perm = self._permute(self.settings.seed, epoch, self.num_train)
+            self._perm = self._permute(self.seed_key, epoch, self.num_train)
             self._perm_epoch = epoch
         return self._perm
 

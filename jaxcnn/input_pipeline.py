@@ -3,6 +3,8 @@
 The whole dataset sits on the device(s) as uint8 ``[N, H, W, C]``. Everything per step is a pure
 function of (seed, epoch, position in the epoch), so the host only launches steps:
 
+- ``seed_key_data``: the raw data of the seed's key, passed to the jitted programs as an
+  argument, so that no program depends on the seed (another seed reuses the compiled programs).
 - ``epoch_permutation``: the order of the training examples in an epoch.
 - ``make_batch``: gathers a batch, converts it to float, normalises it and augments it
   (pad-and-random-crop, horizontal flip). Each example's augmentation key is derived from its
@@ -38,9 +40,15 @@ class Normalization(NamedTuple):
         return (x - jnp.asarray(self.mean, jnp.float32)) / jnp.asarray(self.std, jnp.float32)
 
 
-def epoch_permutation(seed: int, epoch: int | jax.Array, num_examples: int) -> jax.Array:
-    """The shuffled order of ``num_examples`` training examples in ``epoch``: int32 [num_examples]."""
-    key = jax.random.fold_in(jax.random.key(seed), epoch)
+def seed_key_data(seed: int) -> np.ndarray:
+    """The raw data of ``jax.random.key(seed)``: uint32 [2] for the default PRNG."""
+    return np.asarray(jax.random.key_data(jax.random.key(seed)))
+
+
+def epoch_permutation(seed_key: jax.Array, epoch: int | jax.Array, num_examples: int) -> jax.Array:
+    """The shuffled order of ``num_examples`` training examples in ``epoch``: int32 [num_examples].
+    ``seed_key``: ``seed_key_data(seed)``."""
+    key = jax.random.fold_in(jax.random.wrap_key_data(seed_key), epoch)
     key = jax.random.fold_in(key, 0x5EED)  # keep shuffling apart from every other use of the seed
     return jax.random.permutation(key, num_examples).astype(jnp.int32)
 

@@ -251,7 +251,7 @@ def plan(config: dict, target: str, num_classes: int | None = None) -> dict:
         data = lambda count: (jax.ShapeDtypeStruct((count, *shape), jnp.uint8, sharding=rep),  # noqa: E731
                               jax.ShapeDtypeStruct((count,), jnp.int32, sharding=rep))
         perm = jax.ShapeDtypeStruct((num_train,), jnp.int32, sharding=rep)
-        seed_key = jax.ShapeDtypeStruct(train.seed_key_data(0).shape, jnp.uint32, sharding=rep)
+        seed_key = jax.ShapeDtypeStruct(input_pipeline.seed_key_data(0).shape, jnp.uint32, sharding=rep)
         train_args = (state, spec(train_zero), *data(num_train), perm, seed_key, scalar, scalar)
         eval_args = (state, spec(eval_zero), *data(num_test), scalar)
     try:

@@ -235,19 +235,13 @@ def _device_rows(batch_size: int, num_devices: int):
     return local, jax.lax.axis_index(AXIS) * local
 
 
-def seed_key_data(seed: int) -> np.ndarray:
-    """The raw data of ``jax.random.key(seed)``, which keys the memory feed's augmentation: an
-    argument of the train program rather than a constant in it, so that a run with another seed
-    reuses the compiled program (and its compilation-cache entry)."""
-    return np.asarray(jax.random.key_data(jax.random.key(seed)))
-
-
 def train_steps_from_memory(state, sums, images, labels, perm, seed_key, epoch, first_step, *,
                             settings: StepSettings, num_steps: int):
     """``num_steps`` steps from ``first_step`` of ``epoch`` with the dataset on the device:
     images uint8 [N, H, W, C], labels int32 [N], perm int32 [N] (the epoch's order), seed_key
-    ``seed_key_data(seed)``. Each device gathers, normalises and augments its own rows;
-    augmentation is keyed by (seed, epoch, step, global position)."""
+    ``input_pipeline.seed_key_data(seed)`` (an argument, so the program does not depend on the
+    seed). Each device gathers, normalises and augments its own rows; augmentation is keyed by
+    (seed, epoch, step, global position)."""
     local, first_row = _device_rows(settings.batch_size, settings.num_devices)
     positions = first_row + jnp.arange(local, dtype=jnp.int32)
     epoch_key = jax.random.fold_in(jax.random.wrap_key_data(seed_key), epoch)
