@@ -199,6 +199,11 @@ def validate(config: dict) -> None:
             raise UserError(f"schedule.boundaries must be epochs above 0, got {b!r}.")
 
 
+# Words a user may type for a boolean; --set takes Python literals, so they arrive as strings.
+_BOOL_WORDS = {"true": "True", "false": "False", "yes": "True", "no": "False", "on": "True",
+               "off": "False"}
+
+
 def _check_types(config: dict, defaults: dict, prefix: str) -> None:
     for key, default in defaults.items():
         path = prefix + key
@@ -214,8 +219,12 @@ def _check_types(config: dict, defaults: dict, prefix: str) -> None:
         wrong_bool = isinstance(value, bool) and bool not in types
         if wrong_bool or not isinstance(value, types):
             names = " or ".join("None" if t is type(None) else t.__name__ for t in types)
+            hint = ""
+            if bool in types and isinstance(value, str) and value.lower() in _BOOL_WORDS:
+                hint = (f" Write Python's {_BOOL_WORDS[value.lower()]} (capitalised), e.g. "
+                        f"--set {path}={_BOOL_WORDS[value.lower()]}.")
             raise UserError(
-                f"{path} must be of type {names}, got {value!r} ({type(value).__name__}).")
+                f"{path} must be of type {names}, got {value!r} ({type(value).__name__}).{hint}")
 
 
 def _choice(value, choices, key) -> None:

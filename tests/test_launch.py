@@ -92,6 +92,7 @@ BAD_CONFIGS = [
     ("{'epochs': 'ten'}", "epochs must be of type int"),
     ("{'epochs': 2.5}", "epochs must be of type int"),
     ("{'data': {'flip': 1}}", "data.flip must be of type bool"),
+    ("{'data': {'flip': 'true'}}", r"data.flip must be of type bool.*Write Python's True"),
     ("{'optimizer': {'learning_rate': 0}}", "optimizer.learning_rate must be a finite number above 0"),
     ("{'optimizer': {'learning_rate': -0.1}}", "optimizer.learning_rate must be a finite number above 0"),
     ("{'batch_size': 0}", "batch_size must be a finite number above 0"),
