@@ -51,7 +51,9 @@ def test_two_processes_match_one_process(tmp_path):
     # (param_checksum: the sum of |w|, from process 0; process 1 writes no summary).
     single_summary = json.loads((tmp_path / "single" / "summary.json").read_text())
     np.testing.assert_allclose(summary["param_checksum"], single_summary["param_checksum"], rtol=1e-5)
-    np.testing.assert_allclose(summary["final_test_loss"], single_summary["final_test_loss"], rtol=1e-5)
+    # The loss sums BatchNorm's statistics and the test batches in another order over 4 devices:
+    # 1.2e-5 apart on an Intel Xeon (2026-12-04), within 1e-5 on the AMD machines before.
+    np.testing.assert_allclose(summary["final_test_loss"], single_summary["final_test_loss"], rtol=5e-5)
     assert "parameter checksum" not in outputs[0] + outputs[1] + outputs[2]
 
 
