@@ -220,9 +220,10 @@ def _check_types(config: dict, defaults: dict, prefix: str) -> None:
         if wrong_bool or not isinstance(value, types):
             names = " or ".join("None" if t is type(None) else t.__name__ for t in types)
             hint = ""
-            if bool in types and isinstance(value, str) and value.lower() in _BOOL_WORDS:
-                hint = (f" Write Python's {_BOOL_WORDS[value.lower()]} (capitalised), e.g. "
-                        f"--set {path}={_BOOL_WORDS[value.lower()]}.")
+            word = _BOOL_WORDS.get(value.lower()) if isinstance(value, str) else None
+            if bool in types and word:
+                hint = (f" Write Python's {word} (capitalised): {path}={word} with --set, "
+                        f"or {word} in the experiment file.")
             raise UserError(
                 f"{path} must be of type {names}, got {value!r} ({type(value).__name__}).{hint}")
 
