@@ -1,30 +1,26 @@
 """LeNet-5 trained by one single-core process per core that add their gradients in shared memory,
-beside the launcher's one process and the plain PyTorch loop, measured in one run.
+as one program a step, beside the launcher and the plain PyTorch loop, measured in one run.
 
     python benchmarks/process_replicas.py                       # lenet5, batch 128, 3 rounds
-    python benchmarks/process_replicas.py --batch-sizes 128,256 --rounds 2
+    python benchmarks/process_replicas.py --batch-sizes 128,1024 --rounds 2
 
-Why: at batch 128 LeNet-5 is level with PyTorch one core against one core, but on two cores
-PyTorch gains 1.66x and XLA:CPU, which runs the step's small kernels one after another, 1.30x
-(README, "What stands between jaxcnn and the PyTorch loop"). Two devices in one process share one
-thread pool and do not help; two processes each pinned to its own core run their halves of the
-batch side by side, but XLA's collectives between processes (gloo) take 4-6 ms an all-reduce
-here. This measures the remaining way: the processes pass their gradients through shared memory.
+The launcher trains LeNet-5 with process replicas (jaxcnn/replicas.py: two programs a step, the
+gradients and then the update, and a command through a pipe). This measures what they give as
+one program a step: each replica process pins itself to one core (XLA then gives it one
+thread), builds jaxcnn's ``Trainer`` for the model (data on the device, the same weights from
+the same seed, the same normalisation and optimizer) and runs one program a step: apply the
+previous step's summed gradients with the optimizer (on one flat parameter vector: Adam is
+elementwise), then gather and normalise its rows of the global batch (the Trainer's epoch order)
+and return the gradient of their share of the mean loss. The host adds the replicas' vectors in
+shared memory, in the same order in every replica, so all hold the same weights bit for bit.
+Timed: the steps after ``--warmup`` up to ``--images`` images. Checked: the replicas' weights
+are equal, and against the ``Trainer``'s own first ``--warmup`` steps on one process they
+differ only by the order of the sums (max relative difference printed).
 
-Each replica process pins itself to one core (XLA then gives it one thread), builds jaxcnn's
-``Trainer`` for the model (data on the device, the same weights from the same seed, the same
-normalisation and optimizer) and runs one program a step: apply the previous step's summed
-gradients with the optimizer, then gather and normalise its rows of the global batch (the
-Trainer's epoch order) and return the gradient of their share of the mean loss as one vector.
-The host adds the replicas' vectors in shared memory, in the same order in every replica, so all
-hold the same weights bit for bit. Timed: the steps after ``--warmup`` up to ``--images`` images.
-Checked: the replicas' weights are equal, and against the ``Trainer``'s own steps on one process
-(the same batches) they differ only by the order of the sums (max relative difference printed).
-
-Printed: images/s median [min-max] of the launcher's ``Trainer`` (``train_speed.py``'s worker),
-the replicas and PyTorch, fresh processes, the sides alternating. Models with BatchNorm need their
-statistics summed inside the forward pass, which this does not do; only ``lenet5`` is offered.
-A probe of a lever, not a training mode of jaxcnn (README, lever table).
+Printed: images/s median [min-max] of one process (``train_speed.py``'s worker with
+``JAXCNN_CPU_REPLICAS=1``), the launcher's choice (its replicas), these fused replicas and
+PyTorch, fresh processes, the sides alternating. Only ``lenet5`` is offered (models with
+BatchNorm sum statistics inside the forward pass).
 """
 
 import json
@@ -177,7 +173,7 @@ def measure_replicas(batch_size: int, world: int, args) -> dict:
              "--exchange", path, "--batch-sizes", str(batch_size), "--warmup", str(args.warmup),
              "--images", str(args.images or train_speed.DEFAULT_IMAGES["lenet5"])],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            env=dict(os.environ, XLA_FLAGS="")) for rank in range(world)]
+            env=dict(os.environ, XLA_FLAGS="", JAXCNN_CPU_REPLICAS="1")) for rank in range(world)]
         outs = [p.communicate() for p in procs]
     finally:
         os.unlink(path)
@@ -209,18 +205,22 @@ def main():
 
     print(f"{world} replica processes, one core each; {args.rounds} rounds, sides alternating")
     for bs in batch_sizes:
-        sides = ("trainer", "replicas", "torch")
+        sides = ("one process", "launcher", "fused replicas", "torch")
         results = {side: [] for side in sides}
         checks = []
         for r in range(args.rounds):
             k = r % len(sides)
             for side in sides[k:] + sides[:k]:
-                if side == "replicas":
+                if side == "fused replicas":
                     result = measure_replicas(bs, world, args)
                     checks.append((result["replicas_equal"], result["max_rel_diff"]))
+                elif side == "torch":
+                    result = train_speed.measure("torch", "lenet5", bs, args)
                 else:
-                    result = train_speed.measure("jaxcnn" if side == "trainer" else "torch",
-                                                 "lenet5", bs, args)
+                    env = dict(os.environ, XLA_FLAGS="")
+                    if side == "one process":
+                        env["JAXCNN_CPU_REPLICAS"] = "1"
+                    result = train_speed.measure("jaxcnn", "lenet5", bs, args, env)
                 results[side].append(result["images_per_s"])
                 print(f"  lenet5 {bs} {side}: {results[side][-1]:,.0f}", file=sys.stderr, flush=True)
         peer = statistics.median(results["torch"])

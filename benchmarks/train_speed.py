@@ -63,22 +63,27 @@ def load_data(kind: str):
 
 def run_jaxcnn(model: str, batch_size: int, warmup: int, images: int, model_options: dict) -> dict:
     sys.path.insert(0, ROOT)
-    from jaxcnn import cpu_devices, hostmem
+    from jaxcnn import config as config_lib, cpu_devices, hostmem, replicas
 
     hostmem.keep_freed_memory()
-    cpu_devices.request()  # as the launcher: one host device per core ($JAXCNN_CPU_DEVICES)
-    import jax
-
-    from jaxcnn import config as config_lib, datasets, input_pipeline, train
-
     model_config, optimizer, kind = MODELS[model]
     model_config = dict(model_config, **model_options)
+    # The launcher's run of this config (LeNet-5 on Fashion-MNIST, 10 epochs) on these cores:
+    # process replicas for LeNet-5, else one host device per core ($JAXCNN_CPU_DEVICES).
+    config = config_lib.resolve({"model": model_config, "optimizer": optimizer,
+                                 "batch_size": batch_size, "epoch_loop": "step",
+                                 "data": {"dataset": "fashion_mnist"}})
+    if replicas.plan(config) == 1:
+        cpu_devices.request()
+    import jax
+
+    from jaxcnn import datasets, input_pipeline, train
+
     x, y = load_data(kind)
     data = datasets.Dataset(kind, x, y, x[:1000], y[:1000], 10, tuple(map(str, range(10))), "benchmark")
-    config = config_lib.resolve({"model": model_config, "optimizer": optimizer,
-                                 "batch_size": batch_size, "epoch_loop": "step"})
     t = time.perf_counter()
-    trainer = train.Trainer(config, data, train.mesh_for(config, data))
+    mesh = train.mesh_for(config, data)
+    trainer = train.Trainer(config, data, mesh, train.replicas_for(config, data, mesh))
     setup = time.perf_counter() - t
     steps = min(images // batch_size, trainer.steps_per_epoch - warmup)
     run = trainer.run_train_steps(0)  # the launcher's own loop, queue depth included
@@ -104,10 +109,11 @@ def run_jaxcnn(model: str, batch_size: int, warmup: int, images: int, model_opti
         out = batch_only(feed.train_images, feed.train_labels, perm, step)
     jax.block_until_ready(out)
     pipeline_seconds = (time.perf_counter() - t) / steps
+    trainer.close()
     return {"images_per_s": batch_size / step_seconds,
             "compile_s": trainer.compile_seconds, "setup_s": setup,
             "pipeline_share": pipeline_seconds / step_seconds, "params": trainer.param_count,
-            "devices": trainer.num_devices}
+            "devices": trainer.num_devices * trainer.replicas}
 
 
 # -- PyTorch ---------------------------------------------------------------------------------

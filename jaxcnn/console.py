@@ -117,6 +117,7 @@ def run_summary(config: dict, trainer, progress, info: dict, wall_seconds: float
         "compile_seconds": trainer.compile_seconds,
         "train_images_per_sec": epochs * spe * config["batch_size"] / max(progress.train_seconds, 1e-9),
         "devices": trainer.num_devices,
+        "replicas": trainer.replicas,
         "backend": jax.default_backend(),
         "pipeline": trainer.pipeline,
         "data": info["data"],

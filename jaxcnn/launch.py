@@ -225,10 +225,15 @@ def main(argv=None) -> int:
     hostmem.keep_freed_memory()  # before JAX starts its CPU backend; see jaxcnn/hostmem.py
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        # One host device per core where the model has work for them (jaxcnn/cpu_devices.py);
-        # before anything starts JAX's backends.
-        cpu_devices.request(multi_process=args.auto_distributed or args.coordinator is not None)
         config, workdir = prepare(args)
+        # Before anything starts JAX's backends: one single-core process per core for small
+        # models (jaxcnn/replicas.py), else one host device per core where the model has work
+        # for them (jaxcnn/cpu_devices.py).
+        multi_process = args.auto_distributed or args.coordinator is not None
+        from jaxcnn import replicas
+
+        if replicas.plan(config, multi_process) == 1:
+            cpu_devices.request(multi_process=multi_process)
         init_distributed(args)
         use_compilation_cache()
         native_stderr.start_backends()  # keeps libtpu's messages from machines without a TPU

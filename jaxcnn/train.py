@@ -28,6 +28,7 @@ from jax.sharding import Mesh
 
 from jaxcnn import (checkpoint, console, cpu_devices, datasets, feed, input_pipeline, models, optim,
                     rundir, stream)
+from jaxcnn import replicas as replicas_lib
 from jaxcnn.checkpoint import Progress
 from jaxcnn.errors import RunStopped, UserError
 from jaxcnn.models import layers
@@ -208,11 +209,17 @@ class StepSettings:
 
 
 def guarded_train_step(state: TrainState, sums: dict, batch, settings: StepSettings):
-    """``train_step`` on this device's rows, its metrics added to ``sums``, and a NaN guard: once
-    a step's loss is not finite, it and every later step leave the state as it was (the last
-    good one), and ``sums['first_bad_step']`` records the global step."""
+    """``train_step`` on this device's rows, its metrics added to ``sums``, and a NaN guard
+    (``guard``)."""
     new_state, step_metrics = train_step(state, batch, AXIS, settings.label_smoothing,
                                          settings.aux_loss_weight, settings.ema_decay)
+    return guard(state, new_state, sums, step_metrics)
+
+
+def guard(state: TrainState, new_state: TrainState, sums: dict, step_metrics: dict):
+    """(the state, ``sums`` + the step's metrics) after a step from ``state`` to ``new_state``,
+    with a NaN guard: once a step's loss is not finite, it and every later step leave the state
+    as it was (the last good one), and ``sums['first_bad_step']`` records the global step."""
     healthy = sums["first_bad_step"] < 0
     finite = jnp.isfinite(step_metrics["loss"])
     keep = healthy & finite
@@ -331,11 +338,11 @@ class Trainer:
     """
 
     def __init__(self, config: dict, data: datasets.Dataset | datasets.StreamingDataset,
-                 mesh: Mesh):
+                 mesh: Mesh, replicas: int = 1):
         self.config, self.data, self.mesh = config, data, mesh
-        self.num_devices = mesh.size
+        self.num_devices, self.replicas = mesh.size, replicas
         batch_size = config["batch_size"]
-        check_batch_size(batch_size, self.num_devices)
+        check_batch_size(batch_size, self.num_devices * replicas)
         self.num_train, self.num_test = data.num_train, data.num_test
         self.steps_per_epoch = self.num_train // batch_size
         if self.steps_per_epoch == 0:
@@ -354,8 +361,10 @@ class Trainer:
             self.normalize = input_pipeline.Normalization(mean, std)
         else:
             self.normalize = input_pipeline.Normalization.of(data.train_images)
+        # With process replicas each replica takes the rows a device of its index would.
         self.settings = StepSettings.of(
-            config, num_train=self.num_train, num_test=self.num_test, num_devices=self.num_devices,
+            config, num_train=self.num_train, num_test=self.num_test,
+            num_devices=self.num_devices * replicas,
             image_shape=image_shape, normalize=self.normalize, streaming=self.streaming)
         eval_batch_size = self.settings.eval_batch_size
 
@@ -369,6 +378,11 @@ class Trainer:
         if self.streaming:
             workers = d["num_workers"] if d["num_workers"] is not None else stream.default_num_workers()
             self.feed = feed.StreamFeed(data, mesh, self.settings, augmentation, workers)
+        elif replicas > 1:
+            if self.epoch_loop != "step":
+                raise UserError("Process replicas run the step loop: set epoch_loop to 'step' or "
+                                f"unset {replicas_lib.ENV}.")
+            self.feed = replicas_lib.ReplicaFeed(data, mesh, self.settings, replicas, config)
         else:
             self.feed = feed.MemoryFeed(data, mesh, self.settings, self.epoch_loop)
         self._train_sums0, self._eval_sums0 = zero_sums(state, eval_batch_size, image_shape)
@@ -476,6 +490,15 @@ def mesh_for(config: dict, data: datasets.Dataset | datasets.StreamingDataset,
     return make_mesh(cpu_devices.choose(jax.devices(), config["batch_size"], flops))
 
 
+def replicas_for(config: dict, data: datasets.Dataset | datasets.StreamingDataset, mesh: Mesh) -> int:
+    """The process replicas a run of ``config`` on ``data`` over ``mesh`` trains with (1: none;
+    see jaxcnn.replicas)."""
+    pipeline = "stream" if isinstance(data, datasets.StreamingDataset) else "memory"
+    model = models.from_config(config["model"], data.num_classes, config["precision"])
+    return replicas_lib.count_for(config, model, mesh, pipeline,
+                                  feed.choose_epoch_loop(config["epoch_loop"], pipeline))
+
+
 # -- the run ------------------------------------------------------------------------------------
 
 def train_and_evaluate(config: dict, workdir: str, *, log=print) -> dict:
@@ -495,7 +518,8 @@ def train_and_evaluate(config: dict, workdir: str, *, log=print) -> dict:
         console.warn(console.banner(data.warning))
     # Traced once at most: for the device count and for model_summary.txt of a new run.
     summary = functools.cache(functools.partial(model_summary, config, data))
-    trainer = Trainer(config, data, mesh_for(config, data, summary))
+    mesh = mesh_for(config, data, summary)
+    trainer = Trainer(config, data, mesh, replicas_for(config, data, mesh))
     try:
         return _run(config, workdir, trainer, session_start, log, summary)
     finally:
@@ -542,7 +566,9 @@ def _run(config: dict, workdir: str, trainer: Trainer, session_start: float, log
     log(f"data: {data.name} from {data.source}: {trainer.num_train} train / {trainer.num_test} test "
         f"images {tuple(image_shape)}, {data.num_classes} classes, {trainer.pipeline} pipeline")
     log(f"model: {config['model']['name']}, {trainer.param_count:,} parameters; "
-        f"{trainer.num_devices} device(s) ({jax.default_backend()}), epoch loop '{trainer.epoch_loop}', "
+        f"{trainer.num_devices} device(s) ({jax.default_backend()})"
+        f"{f' in each of {trainer.replicas} processes (one core each)' if trainer.replicas > 1 else ''}, "
+        f"epoch loop '{trainer.epoch_loop}', "
         f"compiled in {trainer.compile_seconds:.1f} s")
 
     wall_before = progress.wall_seconds  # of earlier sessions of this run
