@@ -59,17 +59,17 @@ def _requested_count(environ=os.environ) -> int | None:
 
 def why_not(config: dict, model, mesh, pipeline: str, epoch_loop: str) -> str | None:
     """Why a run of ``config`` cannot train with process replicas, or None if it can."""
+    if hasattr(model, "axis_name"):
+        return (f"the model '{config['model']['name']}' shares BatchNorm statistics or dropout "
+                "masks over the global batch inside its step")
+    if pipeline != "memory" or epoch_loop != "step":
+        return "replicas need the memory pipeline and the step loop"
     if jax.process_count() > 1 or mesh.size > 1:
         return "the run already spans several devices or processes"
     if mesh.devices.flat[0].platform != "cpu":
         return "replicas are for CPUs"
     if not sys.platform.startswith("linux"):
         return "replicas pin processes to cores, which only Linux lets them do here"
-    if pipeline != "memory" or epoch_loop != "step":
-        return "replicas need the memory pipeline and the step loop"
-    if hasattr(model, "axis_name"):
-        return (f"the model '{config['model']['name']}' shares BatchNorm statistics or dropout "
-                "masks over the global batch inside its step")
     return None
 
 
