@@ -28,7 +28,6 @@ import os
 import sys
 import tempfile
 import time
-import traceback
 
 import jax
 import jax.numpy as jnp
@@ -383,7 +382,7 @@ def _follower_main(rank: int, world: int, core: int, config: dict, num_classes: 
     except BaseException as e:  # noqa: BLE001 - reported to replica 0, which stops the run
         if not isinstance(e, SystemExit):
             try:
-                conn.send(("error", f"{type(e).__name__}: {e}\n{traceback.format_exc()}"))
+                conn.send(("error", f"{type(e).__name__}: {e}"))
             except OSError:
                 pass
         raise
@@ -424,7 +423,8 @@ class ReplicaFeed:
     def compile(self, state, train_sums, eval_sums) -> None:
         """Starts the followers (they compile their programs meanwhile) and compiles this one's."""
         self._size = _vector_size(state)
-        self._path = Exchange.create(self.world, max(self._size, 16))
+        width = max(self._size, 16)  # an exchange row holds the gradients or the test sums
+        self._path = Exchange.create(self.world, width)
         context = multiprocessing.get_context("spawn")
         environ = {"JAX_PLATFORMS": "cpu", "XLA_FLAGS": _without_device_count(os.environ.get("XLA_FLAGS", ""))}
         saved = {k: os.environ.get(k) for k in environ}
@@ -435,7 +435,7 @@ class ReplicaFeed:
                 proc = context.Process(
                     target=_follower_main, daemon=True, name=f"jaxcnn-replica-{rank}",
                     args=(rank, self.world, self._cores[rank], self._config, self._num_classes,
-                          self._arrays, self.settings, self._path, max(self._size, 16), theirs,
+                          self._arrays, self.settings, self._path, width, theirs,
                           jax.config.jax_compilation_cache_dir))
                 proc.start()
                 theirs.close()
@@ -448,7 +448,7 @@ class ReplicaFeed:
                 else:
                     os.environ[k] = v
         self._arrays = None
-        self._exchange = Exchange(self._path, self.world, max(self._size, 16), 0, self._check_followers)
+        self._exchange = Exchange(self._path, self.world, width, 0, self._check_followers)
         self._programs.compile(state, train_sums, eval_sums, self._size)
         _pin_all_threads({self._cores[0]})  # after compiling, which uses every core
 
