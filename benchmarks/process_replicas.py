@@ -28,7 +28,6 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 
 import numpy as np
@@ -37,46 +36,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import train_speed  # noqa: E402
 
 ROOT = train_speed.ROOT
-TIMEOUT_S = 120  # longest wait for the other replicas at one step
-
-
-class Exchange:
-    """Sums float32 vectors of ``size`` over ``world`` processes through one file in /dev/shm:
-    two slots of ``world`` rows (steps alternate between them) and one step counter per process."""
-
-    def __init__(self, path: str, world: int, size: int, rank: int):
-        self.world, self.rank = world, rank
-        floats = 2 * world * size
-        self._map = np.memmap(path, np.uint8, "r+", shape=(floats * 4 + 8 * world,))
-        self.rows = self._map[:floats * 4].view(np.float32).reshape(2, world, size)
-        self.done = self._map[floats * 4:].view(np.int64)
-        self.calls = 0
-
-    @staticmethod
-    def create(world: int, size: int) -> str:
-        folder = "/dev/shm" if os.path.isdir("/dev/shm") else None
-        fd, path = tempfile.mkstemp(prefix="jaxcnn-replicas-", dir=folder)
-        os.ftruncate(fd, 2 * world * size * 4 + 8 * world)
-        os.close(fd)
-        return path
-
-    def sum(self, vector: np.ndarray) -> np.ndarray:
-        """The sum of every process's ``vector`` (rank 0's first, then 1, ...)."""
-        self.calls += 1
-        slot = self.rows[self.calls % 2]
-        slot[self.rank] = vector
-        self.done[self.rank] = self.calls
-        deadline = time.monotonic() + TIMEOUT_S
-        spins = 0
-        while int(self.done.min()) < self.calls:
-            spins += 1
-            if spins % 100_000 == 0 and time.monotonic() > deadline:
-                raise TimeoutError(f"replica {self.rank}: the others did not reach step "
-                                   f"{self.calls} within {TIMEOUT_S} s")
-        total = slot[0].copy()
-        for r in range(1, self.world):
-            total += slot[r]
-        return total
 
 
 def run_replica(rank: int, world: int, path: str, batch_size: int, warmup: int, images: int) -> dict:
@@ -92,6 +51,7 @@ def run_replica(rank: int, world: int, path: str, batch_size: int, warmup: int, 
     from jax.flatten_util import ravel_pytree
 
     from jaxcnn import config as config_lib, datasets, input_pipeline, train
+    from jaxcnn.replicas import Exchange  # the launcher's replicas' shared memory
 
     model_config, optimizer, kind = train_speed.MODELS["lenet5"]
     x, y = train_speed.load_data(kind)
@@ -103,7 +63,7 @@ def run_replica(rank: int, world: int, path: str, batch_size: int, warmup: int, 
     feed, settings = trainer.feed, trainer.feed.settings
     local = batch_size // world
     flat, unravel = ravel_pytree(trainer.state.params)
-    exchange = Exchange(path, world, flat.size + 1, rank)
+    exchange = Exchange(path, world, flat.size + 1, rank, alive=lambda: None)
 
     tx = trainer.state.tx  # Adam is elementwise: on one flat vector as on the Trainer's leaves
 
@@ -166,6 +126,9 @@ def run_replica(rank: int, world: int, path: str, batch_size: int, warmup: int, 
 
 def measure_replicas(batch_size: int, world: int, args) -> dict:
     """One run of ``world`` fresh replica processes; rank 0's result."""
+    sys.path.insert(0, ROOT)
+    from jaxcnn.replicas import Exchange
+
     path = Exchange.create(world, 61_706 + 1)
     try:
         procs = [subprocess.Popen(

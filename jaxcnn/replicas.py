@@ -135,39 +135,23 @@ def count_for(config: dict, model, mesh, pipeline: str, epoch_loop: str,
 
 def gradients(state, images, labels, perm, seed_key, epoch, step, *, settings, rank: int,
               world: int):
-    """Replica ``rank``'s part of step ``step`` of ``epoch``: float32 [P + 3], the gradient of
-    its rows' share of the global batch's mean loss (P: the parameter count), then the rows'
-    loss sum, correct predictions and count. Its rows: those a device of index ``rank`` of
-    ``world`` gets (``jaxcnn.train.train_steps_from_memory``), augmented by the same keys."""
+    """Replica ``rank``'s part of step ``step`` of ``epoch``: float32 [P + 3], its rows' share of
+    the global batch's mean-loss gradient (P: the parameter count; the replicas' shares add up to
+    the mean ``train_step`` takes over ``world`` devices), then the rows' loss sum, correct
+    predictions and count. Its rows: those a device of index ``rank`` of ``world`` gets
+    (``jaxcnn.train.memory_train_batch``)."""
     from jaxcnn import train
 
     local = settings.batch_size // world
-    first_row = rank * local
-    epoch_key = jax.random.fold_in(jax.random.wrap_key_data(seed_key), epoch)
-    indices = jax.lax.dynamic_slice(perm, (step * settings.batch_size + first_row,), (local,))
-    batch = input_pipeline.make_batch(
-        images, labels, indices, first_row + jnp.arange(local, dtype=jnp.int32),
-        normalize=settings.normalize, augment_key=jax.random.fold_in(epoch_key, step),
-        crop_padding=settings.crop_padding, flip=settings.flip)
-    key = jax.random.fold_in(state.rng, state.step)
+    batch = train.memory_train_batch(images, labels, perm, seed_key, epoch, step, rank * local,
+                                     local, settings)
+    grads, _, metrics = train.gradients_and_metrics(state, batch, settings.label_smoothing,
+                                                    settings.aux_loss_weight)
+    return jnp.concatenate([ravel_pytree(grads)[0].astype(jnp.float32) / world,
+                            jnp.stack([metrics[k] for k in METRICS]).astype(jnp.float32)])
 
-    def loss_fn(params):
-        variables = {"params": params, "batch_stats": state.batch_stats}
-        out, _ = state.apply_fn(variables, batch["image"], train=True, rngs={"dropout": key},
-                                mutable=["batch_stats"])
-        logits, aux_logits = out if isinstance(out, tuple) else (out, ())
-        logits = logits.astype(jnp.float32)
-        loss_sum = train.cross_entropy(logits, batch["label"], settings.label_smoothing).sum()
-        total = loss_sum + sum(
-            settings.aux_loss_weight
-            * train.cross_entropy(a.astype(jnp.float32), batch["label"], settings.label_smoothing).sum()
-            for a in aux_logits)
-        return total / settings.batch_size, (loss_sum, logits)
 
-    (_, (loss_sum, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    correct = jnp.sum(jnp.argmax(logits, -1) == batch["label"])
-    return jnp.concatenate([ravel_pytree(grads)[0].astype(jnp.float32),
-                            jnp.stack([loss_sum, correct, local]).astype(jnp.float32)])
+METRICS = ("loss", "correct", "count")  # after the gradient in ``gradients``' vector
 
 
 def update(state, sums, summed, *, settings):
@@ -176,13 +160,11 @@ def update(state, sums, summed, *, settings):
     from jaxcnn import train
 
     _, unravel = ravel_pytree(state.params)
-    size = summed.shape[0] - 3
-    new_state = state.apply_gradients(grads=unravel(summed[:size]))
-    if settings.ema_decay:
-        new_state = new_state.replace(ema_params=train.averaged(
-            new_state.ema_params, new_state.params, new_state.step, settings.ema_decay))
-    metrics = {"loss": summed[size], "correct": summed[size + 1].astype(jnp.int32),
-               "count": summed[size + 2].astype(jnp.int32)}
+    size = summed.shape[0] - len(METRICS)
+    new_state = train.apply_step(state, unravel(summed[:size]), state.batch_stats,
+                                 settings.ema_decay)
+    metrics = {k: summed[size + i] for i, k in enumerate(METRICS)}
+    metrics["correct"], metrics["count"] = (metrics[k].astype(jnp.int32) for k in ("correct", "count"))
     return train.guard(state, new_state, sums, metrics)
 
 
@@ -191,11 +173,7 @@ def evaluation(state, sums, images, labels, step, *, settings, rank: int, world:
     from jaxcnn import train
 
     local = settings.eval_batch_size // world
-    rows = step * settings.eval_batch_size + rank * local + jnp.arange(local, dtype=jnp.int32)
-    mask = rows < settings.num_test
-    batch = input_pipeline.make_batch(images, labels, jnp.where(mask, rows, 0), rows,
-                                      normalize=settings.normalize)
-    batch["mask"] = mask
+    batch = train.memory_eval_batch(images, labels, step, rank * local, local, settings)
     return jax.tree.map(jnp.add, sums, train.eval_step(state, batch, None, settings.eval_flip))
 
 
@@ -389,8 +367,8 @@ def _follower_main(rank: int, world: int, core: int, config: dict, num_classes: 
 
 
 def _vector_size(state) -> int:
-    """The length of ``gradients``' vector: the parameters, then loss, correct and count."""
-    return ravel_pytree(state.params)[0].size + 3
+    """The length of ``gradients``' vector: the parameters, then the ``METRICS``."""
+    return ravel_pytree(state.params)[0].size + len(METRICS)
 
 
 def _sums_vector(sums: dict) -> np.ndarray:

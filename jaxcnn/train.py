@@ -114,6 +114,19 @@ def train_step(state: TrainState, batch, axis_name: str | None = None,
 
     With ``ema_decay`` the state's ``ema_params`` follow the new weights (``averaged``).
     """
+    grads, batch_stats, metrics = gradients_and_metrics(state, batch, label_smoothing,
+                                                        aux_loss_weight)
+    if axis_name is not None:
+        grads = jax.lax.pmean(grads, axis_name)
+        batch_stats = jax.lax.pmean(batch_stats, axis_name)
+        metrics = jax.lax.psum(metrics, axis_name)
+    return apply_step(state, grads, batch_stats, ema_decay), metrics
+
+
+def gradients_and_metrics(state: TrainState, batch, label_smoothing: float = 0.0,
+                          aux_loss_weight: float = 0.3):
+    """``train_step``'s forward and backward pass on this device's ``batch``: (the gradient of
+    its mean loss, its new BatchNorm statistics, its summed metrics)."""
     # The same key on every device: dropout layers draw the global batch's masks from it and
     # keep their own rows (jaxcnn.models.layers.Dropout), whatever the device count.
     key = jax.random.fold_in(state.rng, state.step)
@@ -137,15 +150,17 @@ def train_step(state: TrainState, batch, axis_name: str | None = None,
         "correct": jnp.sum(jnp.argmax(logits, -1) == batch["label"]),
         "count": jnp.asarray(batch["label"].shape[0], jnp.int32),
     }
-    if axis_name is not None:
-        grads = jax.lax.pmean(grads, axis_name)
-        batch_stats = jax.lax.pmean(batch_stats, axis_name)
-        metrics = jax.lax.psum(metrics, axis_name)
+    return grads, batch_stats, metrics
+
+
+def apply_step(state: TrainState, grads, batch_stats, ema_decay: float | None = None) -> TrainState:
+    """``train_step``'s update: the optimizer step with ``grads``, the new BatchNorm statistics
+    and, with ``ema_decay``, the moving average of the weights."""
     state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
     if ema_decay:
         state = state.replace(ema_params=averaged(state.ema_params, state.params, state.step,
                                                   ema_decay))
-    return state, metrics
+    return state
 
 
 def eval_step(state: TrainState, batch, axis_name: str | None = None, flip: bool = False):
@@ -242,6 +257,30 @@ def _device_rows(batch_size: int, num_devices: int):
     return local, jax.lax.axis_index(AXIS) * local
 
 
+def memory_train_batch(images, labels, perm, seed_key, epoch, step, first_row, local: int,
+                       settings: StepSettings) -> dict:
+    """Rows ``first_row`` .. + ``local`` of step ``step`` of ``epoch``'s global batch (the
+    epoch's order ``perm``), gathered, normalised and augmented, keyed by (seed, epoch, step,
+    global position)."""
+    indices = jax.lax.dynamic_slice(perm, (step * settings.batch_size + first_row,), (local,))
+    epoch_key = jax.random.fold_in(jax.random.wrap_key_data(seed_key), epoch)
+    return input_pipeline.make_batch(
+        images, labels, indices, first_row + jnp.arange(local, dtype=jnp.int32),
+        normalize=settings.normalize, augment_key=jax.random.fold_in(epoch_key, step),
+        crop_padding=settings.crop_padding, flip=settings.flip)
+
+
+def memory_eval_batch(images, labels, step, first_row, local: int, settings: StepSettings) -> dict:
+    """Rows ``first_row`` .. + ``local`` of evaluation batch ``step``, normalised, with 'mask'
+    False for rows past the last test example (so every example counts exactly once)."""
+    rows = step * settings.eval_batch_size + first_row + jnp.arange(local, dtype=jnp.int32)
+    mask = rows < settings.num_test
+    batch = input_pipeline.make_batch(images, labels, jnp.where(mask, rows, 0), rows,
+                                      normalize=settings.normalize)
+    batch["mask"] = mask
+    return batch
+
+
 def train_steps_from_memory(state, sums, images, labels, perm, seed_key, epoch, first_step, *,
                             settings: StepSettings, num_steps: int):
     """``num_steps`` steps from ``first_step`` of ``epoch`` with the dataset on the device:
@@ -250,16 +289,11 @@ def train_steps_from_memory(state, sums, images, labels, perm, seed_key, epoch, 
     seed). Each device gathers, normalises and augments its own rows; augmentation is keyed by
     (seed, epoch, step, global position)."""
     local, first_row = _device_rows(settings.batch_size, settings.num_devices)
-    positions = first_row + jnp.arange(local, dtype=jnp.int32)
-    epoch_key = jax.random.fold_in(jax.random.wrap_key_data(seed_key), epoch)
 
     def one_step(carry, step):
         state, sums = carry
-        indices = jax.lax.dynamic_slice(perm, (step * settings.batch_size + first_row,), (local,))
-        batch = input_pipeline.make_batch(
-            images, labels, indices, positions, normalize=settings.normalize,
-            augment_key=jax.random.fold_in(epoch_key, step),
-            crop_padding=settings.crop_padding, flip=settings.flip)
+        batch = memory_train_batch(images, labels, perm, seed_key, epoch, step, first_row, local,
+                                   settings)
         return guarded_train_step(state, sums, batch, settings), None
 
     steps = first_step + jnp.arange(num_steps, dtype=jnp.int32)
@@ -282,11 +316,7 @@ def eval_steps_from_memory(state, sums, images, labels, first_step, *, settings:
     local, first_row = _device_rows(settings.eval_batch_size, settings.num_devices)
 
     def one_step(sums, step):
-        rows = step * settings.eval_batch_size + first_row + jnp.arange(local, dtype=jnp.int32)
-        mask = rows < settings.num_test
-        batch = input_pipeline.make_batch(images, labels, jnp.where(mask, rows, 0), rows,
-                                          normalize=settings.normalize)
-        batch["mask"] = mask
+        batch = memory_eval_batch(images, labels, step, first_row, local, settings)
         return _add(sums, eval_step(state, batch, AXIS, settings.eval_flip)), None
 
     steps = first_step + jnp.arange(num_steps, dtype=jnp.int32)
