@@ -1,28 +1,30 @@
 """Process replicas on a CPU: one single-core process per core, their gradients summed in shared
-memory, for models too small to gain from one XLA device per core.
+memory, in place of one XLA device per core.
 
-XLA:CPU runs a small model's step (LeNet-5: ~90 kernels of well under a millisecond) one kernel
-after another, each split over the process's thread pool, and two devices of one process share
-that pool: LeNet-5 at batch 128 gains 1.30x from a second core where PyTorch gains 1.66x. Two
-processes, each pinned to its own core (one XLA thread), run their halves of the batch side by
-side; XLA's own collectives between processes (gloo) take 4-6 ms an all-reduce here, so the
-replicas add their gradients through a file in /dev/shm instead (0.1 ms a step).
+XLA:CPU runs a step's kernels one after another, each split over the process's thread pool, and
+two devices of one process share that pool: LeNet-5 at batch 128 gains 1.30x from a second core
+where PyTorch gains 1.66x. Two processes, each pinned to its own core (one XLA thread), run their
+halves of the batch side by side; XLA's own collectives between processes (gloo) take 4-6 ms an
+all-reduce here, so the replicas add their vectors through a file in /dev/shm instead (0.1 ms).
 
 A run with replicas (``Trainer(..., replicas=N)``; the launcher's count comes from ``plan``,
-before JAX starts, confirmed by ``count_for``): this process is replica 0 and keeps every file of the run; it starts N - 1 follower processes, pins itself and
-each follower to one core and hands them the data, the settings and, whenever it changes, the
-training state. Every step each replica gathers, normalises and augments its rows of the global
-batch (the rows a device of the same index would have) and computes the gradient of their share
-of the batch's mean loss; the replicas add the gradients (and the loss and accuracy sums) in the
-same order, so each applies the same update and holds the same weights bit for bit. Evaluation
-splits each test batch the same way. The results are those of one device up to the order of
-floating-point sums (tested), and resume stays exact.
+before JAX starts, confirmed by ``count_for``): this process is replica 0 and keeps every file
+of the run; it starts N - 1 follower processes, pins itself and each follower to one core and
+hands them the data, the settings and, whenever it changes, the training state. Every step each
+replica gathers, normalises and augments its rows of the global batch (the rows a device of the
+same index would have) and computes the gradient of their share of the batch's mean loss; the
+replicas add the gradients (and the loss and accuracy sums) in the same order, so each applies
+the same update and holds the same weights bit for bit. Inside the step the model runs over a
+``jaxcnn.models.layers.ProcessAxis``: BatchNorm averages its batch statistics (and, going back,
+their gradients) over the replicas through the same shared memory (``process_mean``), dropout
+keeps the global batch's masks of its rows. Evaluation splits each test batch the same way. The
+results are those of one device up to the order of floating-point sums (tested), and resume
+stays exact.
 
-Only models whose step uses the device axis for nothing but the gradient mean (no BatchNorm
-statistics, no dropout masks over the global batch: in the zoo LeNet-5 and the classic LeNet-5)
-on the memory pipeline of a single-process run qualify.
+Runs of the memory pipeline with the step loop in a single process qualify.
 """
 
+import functools
 import multiprocessing
 import os
 import sys
@@ -30,12 +32,14 @@ import tempfile
 import time
 
 import jax
+import jax.experimental
 import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from jaxcnn import cpu_devices, input_pipeline
+from jaxcnn import cpu_devices, input_pipeline, models
 from jaxcnn.errors import RunStopped, UserError
+from jaxcnn.models import layers
 
 ENV = "JAXCNN_CPU_REPLICAS"
 # A run trains at least this many images before replicas pay for starting theirs (~2 s of
@@ -53,14 +57,12 @@ def _requested_count(environ=os.environ) -> int | None:
         return int(value)
     raise UserError(f"{ENV}={environ[ENV]!r} is not a replica count: set it to a positive integer "
                     "(1 turns the replicas off) or to 'auto' (the default: one process per core "
-                    "for small models without BatchNorm or dropout on a CPU).")
+                    "for runs in memory on a CPU).")
 
 
-def why_not(config: dict, model, mesh, pipeline: str, epoch_loop: str) -> str | None:
-    """Why a run of ``config`` cannot train with process replicas, or None if it can."""
-    if hasattr(model, "axis_name"):
-        return (f"the model '{config['model']['name']}' shares BatchNorm statistics or dropout "
-                "masks over the global batch inside its step")
+def why_not(mesh, pipeline: str, epoch_loop: str) -> str | None:
+    """Why a run over ``mesh`` with this pipeline and epoch loop cannot train with process
+    replicas, or None if it can."""
     if pipeline != "memory" or epoch_loop != "step":
         return "replicas need the memory pipeline and the step loop"
     if jax.process_count() > 1 or mesh.size > 1:
@@ -80,11 +82,11 @@ def plan(config: dict, multi_process: bool = False, environ=os.environ) -> int:
     none), and this process set up for them (``NPROC=1``: XLA's thread pool gets one thread, as
     each follower's; replica 0 then trains on one core like them). 'auto' chooses one per usable
     core where the run qualifies (``why_not``, as far as the config tells: a built-in dataset in
-    memory, a model without BatchNorm or dropout), the user chose no CPU devices
+    memory with the step loop), the user chose no CPU devices
     (``jaxcnn.cpu_devices``) and the run trains at least ``MIN_IMAGES`` images, as many as
     divide the batch. ``count_for`` confirms the count once the devices and the data are known."""
     global _planned
-    from jaxcnn import datasets, feed, models
+    from jaxcnn import datasets, feed
 
     asked = _requested_count(environ)
     if asked == 1 or multi_process or not sys.platform.startswith("linux"):
@@ -93,8 +95,7 @@ def plan(config: dict, multi_process: bool = False, environ=os.environ) -> int:
                           or environ.get(cpu_devices.ENV, "auto").strip().lower() != "auto"):
         return 1
     d = config["data"]
-    model = models.from_config(config["model"], 10, config["precision"])
-    if (hasattr(model, "axis_name") or config["epoch_loop"] == "scan"
+    if (config["epoch_loop"] == "scan"
             or feed.planned_pipeline(d) != "memory" or d["dataset"] not in datasets.BUILTIN_NAMES):
         return 1
     train_images = datasets.BUILTIN[d["dataset"]].num_train
@@ -110,7 +111,7 @@ def plan(config: dict, multi_process: bool = False, environ=os.environ) -> int:
     return count
 
 
-def count_for(config: dict, model, mesh, pipeline: str, epoch_loop: str,
+def count_for(config: dict, mesh, pipeline: str, epoch_loop: str,
               environ=os.environ) -> int:
     """How many replica processes a run of ``config`` trains with (1: none), now that its
     devices and data are known: what ``plan`` set up where the run qualifies (``why_not``); an
@@ -118,7 +119,7 @@ def count_for(config: dict, model, mesh, pipeline: str, epoch_loop: str,
     asked = _requested_count(environ)
     if asked == 1:
         return 1
-    reason = why_not(config, model, mesh, pipeline, epoch_loop)
+    reason = why_not(mesh, pipeline, epoch_loop)
     batch_size = config["batch_size"]
     if asked is None:
         return _planned if not reason and batch_size % _planned == 0 else 1
@@ -131,38 +132,90 @@ def count_for(config: dict, model, mesh, pipeline: str, epoch_loop: str,
     return asked
 
 
+# -- the mean over the replicas inside a step (BatchNorm's statistics) ------------------------------
+
+_exchange = None  # this process's Exchange, which ``process_mean`` adds through
+_callback_error = None  # what stopped the run inside a step's ``process_mean``, raised after it
+
+
+def _host_sum(x):
+    global _callback_error
+    try:
+        return _exchange.sum(np.asarray(x, np.float32).ravel()).reshape(x.shape)
+    except BaseException as e:  # XLA reports it as its own error: the feed raises this one
+        _callback_error = e
+        raise
+
+
+def _summed(x):
+    return jax.experimental.io_callback(_host_sum, jax.ShapeDtypeStruct(x.shape, jnp.float32),
+                                        x.astype(jnp.float32), ordered=True)
+
+
+@jax.custom_vjp
+def _mean(x, world):
+    return _summed(x) / world
+
+
+def _mean_fwd(x, world):
+    return _mean(x, world), world
+
+
+def _mean_bwd(world, cotangent):  # as pmean's: the mean of the replicas' cotangents
+    return _summed(cotangent) / world, None
+
+
+_mean.defvjp(_mean_fwd, _mean_bwd)
+
+
+def process_mean(x, world: int):
+    """``x`` averaged over the ``world`` replicas (each step's calls come in the same order in
+    every replica: an ordered callback to this process's ``Exchange``)."""
+    return _mean(x, float(world))
+
+
+def replica_model(model, rank: int, world: int):
+    """``model`` as replica ``rank`` of ``world`` runs it: BatchNorm statistics averaged over the
+    replicas, dropout masks of the global batch's rows a device of index ``rank`` gets."""
+    if not hasattr(model, "axis_name"):
+        return model
+    return model.clone(axis_name=layers.ProcessAxis(
+        rank, world, functools.partial(process_mean, world=world)))
+
+
 # -- what each replica runs ------------------------------------------------------------------------
 
-def gradients(state, images, labels, perm, seed_key, epoch, step, *, settings, rank: int,
-              world: int):
+def gradients(state, images, labels, perm, seed_key, epoch, step, *, settings, model,
+              rank: int, world: int):
     """Replica ``rank``'s part of step ``step`` of ``epoch``: float32 [P + 3], its rows' share of
     the global batch's mean-loss gradient (P: the parameter count; the replicas' shares add up to
     the mean ``train_step`` takes over ``world`` devices), then the rows' loss sum, correct
-    predictions and count. Its rows: those a device of index ``rank`` of ``world`` gets
-    (``jaxcnn.train.memory_train_batch``)."""
+    predictions and count; and the new BatchNorm statistics (the same in every replica). Its
+    rows: those a device of index ``rank`` of ``world`` gets (``jaxcnn.train.memory_train_batch``);
+    ``model``: ``replica_model``'s."""
     from jaxcnn import train
 
     local = settings.batch_size // world
     batch = train.memory_train_batch(images, labels, perm, seed_key, epoch, step, rank * local,
                                      local, settings)
-    grads, _, metrics = train.gradients_and_metrics(state, batch, settings.label_smoothing,
-                                                    settings.aux_loss_weight)
+    grads, batch_stats, metrics = train.gradients_and_metrics(
+        state.replace(apply_fn=model.apply), batch, settings.label_smoothing,
+        settings.aux_loss_weight)
     return jnp.concatenate([ravel_pytree(grads)[0].astype(jnp.float32) / world,
-                            jnp.stack([metrics[k] for k in METRICS]).astype(jnp.float32)])
+                            jnp.stack([metrics[k] for k in METRICS]).astype(jnp.float32)]), batch_stats
 
 
 METRICS = ("loss", "correct", "count")  # after the gradient in ``gradients``' vector
 
 
-def update(state, sums, summed, *, settings):
-    """The optimizer step with ``summed`` (every replica's ``gradients`` added): the new state
-    and metric sums, with ``jaxcnn.train``'s NaN guard."""
+def update(state, sums, summed, batch_stats, *, settings):
+    """The optimizer step with ``summed`` (every replica's ``gradients`` added) and the step's
+    ``batch_stats``: the new state and metric sums, with ``jaxcnn.train``'s NaN guard."""
     from jaxcnn import train
 
     _, unravel = ravel_pytree(state.params)
     size = summed.shape[0] - len(METRICS)
-    new_state = train.apply_step(state, unravel(summed[:size]), state.batch_stats,
-                                 settings.ema_decay)
+    new_state = train.apply_step(state, unravel(summed[:size]), batch_stats, settings.ema_decay)
     metrics = {k: summed[size + i] for i, k in enumerate(METRICS)}
     metrics["correct"], metrics["count"] = (metrics[k].astype(jnp.int32) for k in ("correct", "count"))
     return train.guard(state, new_state, sums, metrics)
@@ -180,9 +233,7 @@ def evaluation(state, sums, images, labels, step, *, settings, rank: int, world:
 class Programs:
     """One replica's compiled programs and its copy of the data."""
 
-    def __init__(self, data_arrays, settings, rank: int, world: int):
-        import functools
-
+    def __init__(self, data_arrays, settings, model, rank: int, world: int):
         self.settings = settings
         self.train_images, self.train_labels, self.test_images, self.test_labels = (
             jnp.asarray(a) for a in data_arrays)
@@ -190,19 +241,22 @@ class Programs:
         self._permute = jax.jit(input_pipeline.epoch_permutation, static_argnums=(2,))
         self._perm_epoch, self._perm = None, None
         where = dict(settings=settings, rank=rank, world=world)
-        self.gradients = jax.jit(functools.partial(gradients, **where))
+        self.gradients = jax.jit(functools.partial(
+            gradients, model=replica_model(model, rank, world), **where))
         self.update = jax.jit(functools.partial(update, settings=settings), donate_argnums=(0,))
         self.evaluation = jax.jit(functools.partial(evaluation, **where), donate_argnums=(1,))
 
     def compile(self, state, train_sums, eval_sums, size: int) -> None:
-        """Compiles the three programs for these arguments (``size``: the exchanged vector's)."""
+        """Compiles the three programs for these arguments (``size``: the exchanged vector's),
+        traced for one core (``jaxcnn.models.layers.one_core_per_device``)."""
         perm = self.permutation(0)
-        self.gradients = self.gradients.lower(state, self.train_images, self.train_labels, perm,
-                                              self.seed_key, 0, 0).compile()
-        summed = jax.ShapeDtypeStruct((size,), jnp.float32)
-        self.update = self.update.lower(state, train_sums, summed).compile()
-        self.evaluation = self.evaluation.lower(state, eval_sums, self.test_images,
-                                                self.test_labels, 0).compile()
+        with layers.one_core_per_device(True):
+            self.gradients = self.gradients.lower(state, self.train_images, self.train_labels,
+                                                  perm, self.seed_key, 0, 0).compile()
+            summed = jax.ShapeDtypeStruct((size,), jnp.float32)
+            self.update = self.update.lower(state, train_sums, summed, state.batch_stats).compile()
+            self.evaluation = self.evaluation.lower(state, eval_sums, self.test_images,
+                                                    self.test_labels, 0).compile()
 
     def permutation(self, epoch: int):
         if self._perm_epoch != epoch:
@@ -210,9 +264,18 @@ class Programs:
             self._perm_epoch = epoch
         return self._perm
 
-    def step_gradients(self, state, epoch: int, step: int) -> np.ndarray:
-        return np.asarray(self.gradients(state, self.train_images, self.train_labels,
-                                         self.permutation(epoch), self.seed_key, epoch, step))
+    def step_gradients(self, state, epoch: int, step: int):
+        """(``gradients``' vector as numpy, the new BatchNorm statistics)."""
+        global _callback_error
+        try:
+            vector, batch_stats = self.gradients(state, self.train_images, self.train_labels,
+                                                 self.permutation(epoch), self.seed_key, epoch, step)
+            return np.asarray(vector), batch_stats
+        except Exception:
+            error, _callback_error = _callback_error, None
+            if error is not None:  # raised in the exchange (a replica gone): that, not XLA's
+                raise error from None
+            raise
 
     def evaluate(self, state, zero_sums) -> dict:
         sums = jax.tree.map(jnp.asarray, zero_sums)
@@ -331,10 +394,12 @@ def _follower_main(rank: int, world: int, core: int, config: dict, num_classes: 
         state = train.create_train_state(step_model, tx, settings.image_shape, config["seed"],
                                          ema=config["ema_decay"] is not None)
         state = with_leaves(state, state_leaves(state))  # arrays of the dtypes replica 0 sends
-        programs = Programs(data_arrays, settings, rank, world)
+        programs = Programs(data_arrays, settings, step_model, rank, world)
         fresh_sums, eval_sums = train.zero_sums(state, settings.eval_batch_size, settings.image_shape)
         programs.compile(state, fresh_sums, eval_sums, _vector_size(state))
         exchange = Exchange(exchange_path, world, size, rank, alive)
+        global _exchange
+        _exchange = exchange
         sums = None
         while True:
             try:
@@ -350,8 +415,8 @@ def _follower_main(rank: int, world: int, core: int, config: dict, num_classes: 
             if command == "state":  # and fresh metric sums: the guard's record starts anew
                 state, sums = with_leaves(state, args[0]), jax.tree.map(jnp.asarray, fresh_sums)
             elif command == "train":
-                state, sums = programs.update(state, sums, exchange.sum(
-                    programs.step_gradients(state, *args)))
+                vector, batch_stats = programs.step_gradients(state, *args)
+                state, sums = programs.update(state, sums, exchange.sum(vector), batch_stats)
             elif command == "evaluate":
                 exchange.sum(_sums_vector(programs.evaluate(state, args[0])))
             elif command == "stop":
@@ -388,7 +453,8 @@ class ReplicaFeed:
         self.num_train, self.num_test = data.num_train, data.num_test
         self.steps_per_call = 1
         arrays = (data.train_images, data.train_labels, data.test_images, data.test_labels)
-        self._programs = Programs(arrays, settings, 0, world)
+        step_model = models.from_config(config["model"], data.num_classes, config["precision"])
+        self._programs = Programs(arrays, settings, step_model, 0, world)
         self.train_images, self.train_labels = self._programs.train_images, self._programs.train_labels
         cores = sorted(os.sched_getaffinity(0))
         self._all_cores = set(cores)
@@ -427,6 +493,8 @@ class ReplicaFeed:
                     os.environ[k] = v
         self._arrays = None
         self._exchange = Exchange(self._path, self.world, width, 0, self._check_followers)
+        global _exchange
+        _exchange = self._exchange
         self._programs.compile(state, train_sums, eval_sums, self._size)
         _pin_all_threads({self._cores[0]})  # after compiling, which uses every core
 
@@ -467,11 +535,12 @@ class ReplicaFeed:
     def train(self, state, sums, epoch: int, step: int):
         self._sync(state)
         self._send("train", epoch, step)
-        summed = self._exchange.sum(self._programs.step_gradients(state, epoch, step))
+        vector, batch_stats = self._programs.step_gradients(state, epoch, step)
+        summed = self._exchange.sum(vector)
         if self._path:  # every replica has it mapped now: nothing is left behind, whatever ends it
             os.unlink(self._path)
             self._path = None
-        state, sums = self._programs.update(state, sums, summed)
+        state, sums = self._programs.update(state, sums, summed, batch_stats)
         self._synced = state
         return state, sums
 

@@ -524,8 +524,7 @@ def replicas_for(config: dict, data: datasets.Dataset | datasets.StreamingDatase
     """The process replicas a run of ``config`` on ``data`` over ``mesh`` trains with (1: none;
     see jaxcnn.replicas)."""
     pipeline = "stream" if isinstance(data, datasets.StreamingDataset) else "memory"
-    model = models.from_config(config["model"], data.num_classes, config["precision"])
-    return replicas_lib.count_for(config, model, mesh, pipeline,
+    return replicas_lib.count_for(config, mesh, pipeline,
                                   feed.choose_epoch_loop(config["epoch_loop"], pipeline))
 
 

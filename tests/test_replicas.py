@@ -106,8 +106,7 @@ def test_plan_chooses_replicas_only_for_runs_that_qualify(monkeypatch):
     assert planned(epochs=3) == 1  # 180,000 images: too few to pay for the start
     assert planned(data={"dataset": "fashion_mnist", "max_train_examples": 5000}) == 1
     assert planned(batch_size=127) == 1  # nothing divides it
-    assert planned(model={"name": "cnn", "batch_norm": True}) == 1  # statistics over the batch
-    assert planned(model={"name": "cnn", "dropout": 0.2}) == 1  # masks over the batch
+    assert planned(model={"name": "cnn", "batch_norm": True, "dropout": 0.2}) == 2  # exchanged
     assert planned(epoch_loop="scan") == 1
     assert planned(data={"dataset": "fashion_mnist", "pipeline": "stream"}) == 1
     assert planned(multi_process=True) == 1
@@ -122,17 +121,67 @@ def test_plan_chooses_replicas_only_for_runs_that_qualify(monkeypatch):
 
 def test_count_for_refuses_replicas_a_run_cannot_use(devices):
     mesh = train.make_mesh(devices[:1])
-    bn = config_lib.resolve({"model": {"name": "cnn", "batch_norm": True}})
-    model = train.models.from_config(bn["model"], 10)
-    with pytest.raises(UserError, match="cannot train with process replicas: the model 'cnn' shares"):
-        replicas.count_for(bn, model, mesh, "memory", "step", {"JAXCNN_CPU_REPLICAS": "2"})
     lenet = config_lib.resolve({"model": {"name": "lenet5"}, "batch_size": 128})
-    model = train.models.from_config(lenet["model"], 10)
     with pytest.raises(UserError, match="JAXCNN_CPU_REPLICAS=3 does not divide batch_size 128"):
-        replicas.count_for(lenet, model, mesh, "memory", "step", {"JAXCNN_CPU_REPLICAS": "3"})
+        replicas.count_for(lenet, mesh, "memory", "step", {"JAXCNN_CPU_REPLICAS": "3"})
     with pytest.raises(UserError, match="replicas need the memory pipeline"):
-        replicas.count_for(lenet, model, mesh, "stream", "step", {"JAXCNN_CPU_REPLICAS": "2"})
-    assert replicas.count_for(lenet, model, train.make_mesh(devices[:2]), "memory", "step", {}) == 1
+        replicas.count_for(lenet, mesh, "stream", "step", {"JAXCNN_CPU_REPLICAS": "2"})
+    assert replicas.count_for(lenet, mesh, "memory", "step", {"JAXCNN_CPU_REPLICAS": "2"}) == 2
+    assert replicas.count_for(lenet, train.make_mesh(devices[:2]), "memory", "step", {}) == 1
+
+
+def test_replicas_share_batch_norm_statistics_and_dropout_masks(data, devices):
+    """BatchNorm over the global batch (statistics and their gradients exchanged) and dropout
+    with the global batch's masks: two replicas train like one device (momentum SGD: Adam's
+    first steps scale the rounding noise of the biases BatchNorm cancels up to the step size)."""
+    cfg = config(model={"name": "cnn", "batch_norm": True, "dropout": 0.2},
+                 optimizer={"name": "momentum", "learning_rate": 0.05, "momentum": 0.9})
+    one, two = run(cfg, data, devices, 1), run(cfg, data, devices, 2)
+    for a, b in zip(one[0], two[0]):
+        np.testing.assert_allclose([a["train_loss"], a["train_accuracy"]],
+                                   [b["train_loss"], b["train_accuracy"]], rtol=1e-4)
+    np.testing.assert_allclose(one[1]["test_loss"], two[1]["test_loss"], rtol=1e-4)
+    np.testing.assert_allclose(one[2], two[2], rtol=0, atol=1e-4 * np.abs(one[2]).max())
+    for a, b in zip(jax.tree.leaves(jax.device_get(one[3].batch_stats)),
+                    jax.tree.leaves(jax.device_get(two[3].batch_stats))):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
+
+
+def test_process_batch_norm_over_one_process_is_flax_batch_norm():
+    """The hand-written BatchNorm of the replicas: flax's outputs, gradients and statistics."""
+    import flax.linen as nn
+    import jax.numpy as jnp
+
+    from jaxcnn.models import layers
+
+    x = jax.random.normal(jax.random.key(0), (8, 5, 5, 3)) * 2 + 1
+    alone = layers.ProcessAxis(0, 1, lambda v: v)
+    for train_mode in (True, False):
+        ours = layers.batch_norm(nn.BatchNorm, train_mode, alone)()
+        flax_bn = layers.batch_norm(nn.BatchNorm, train_mode, None)()
+        variables = flax_bn.init(jax.random.key(1), x)
+        variables = jax.tree.map(lambda v: v + 0.3, variables)
+
+        def loss(module, variables, x):
+            y, new = module.apply(variables, x, mutable=["batch_stats"])
+            return (y * jnp.arange(3.0)).sum(), (y, new)
+
+        (l1, (y1, s1)), g1 = jax.value_and_grad(loss, argnums=(1, 2), has_aux=True)(
+            ours, variables, x)
+        (l2, (y2, s2)), g2 = jax.value_and_grad(loss, argnums=(1, 2), has_aux=True)(
+            flax_bn, variables, x)
+        np.testing.assert_allclose(y1, y2, rtol=1e-5, atol=1e-5)
+        for a, b in zip(jax.tree.leaves((g1, s1)), jax.tree.leaves((g2, s2))):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_replicas_refuse_a_norm_they_cannot_exchange():
+    import flax.linen as nn
+
+    from jaxcnn.models import layers
+
+    with pytest.raises(UserError, match="average the statistics of nn.BatchNorm only"):
+        layers.batch_norm(nn.GroupNorm, True, layers.ProcessAxis(0, 2, lambda v: v))
 
 
 def test_the_launcher_trains_with_replicas_and_says_so(tmp_path):

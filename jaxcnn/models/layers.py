@@ -14,12 +14,13 @@ Output sizes (per spatial dimension, input H, kernel K, stride S, padding P on b
 
 import contextlib
 import contextvars
+import dataclasses
 import functools
 import math
 import numbers
 import os
 import platform
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -55,14 +56,82 @@ def torch_default_bias(fan_in: int):
 
 # -- BatchNorm -------------------------------------------------------------------------------------
 
-def batch_norm(norm: ModuleDef, train: bool, axis_name: str | None, dtype: Any = jnp.float32,
+@dataclasses.dataclass(frozen=True)
+class ProcessAxis:
+    """A device axis whose members are processes (``jaxcnn.replicas``), for a model's
+    ``axis_name``: this process's ``index`` of ``size``, and ``mean(x)``: ``x`` (float32)
+    averaged over the processes, differentiable (its gradient is the mean of the cotangents),
+    called in the same order in every process."""
+    index: int
+    size: int
+    mean: Callable
+
+
+def axis_index(axis_name) -> jax.Array | int:
+    """This device's index along ``axis_name`` (a named axis or a ``ProcessAxis``)."""
+    return axis_name.index if isinstance(axis_name, ProcessAxis) else jax.lax.axis_index(axis_name)
+
+
+def axis_size(axis_name) -> int:
+    """The number of devices along ``axis_name`` (a named axis or a ``ProcessAxis``)."""
+    return axis_name.size if isinstance(axis_name, ProcessAxis) else jax.lax.axis_size(axis_name)
+
+
+def batch_norm(norm: ModuleDef, train: bool, axis_name, dtype: Any = jnp.float32,
                epsilon: float = 1e-5):
     """``norm`` (``nn.BatchNorm``) with every model's settings, as PyTorch's BatchNorm2d: batch
     statistics when training and running ones otherwise, running averages with momentum 0.9
     (PyTorch's 0.1), ``epsilon`` (1e-5; torchvision's GoogLeNet 1e-3), and batch statistics
-    averaged over the device axis ``axis_name`` (the global batch)."""
+    averaged over the device axis ``axis_name`` (the global batch); over a ``ProcessAxis``,
+    ``ProcessBatchNorm``."""
+    if isinstance(axis_name, ProcessAxis):
+        if norm is not nn.BatchNorm:
+            raise UserError(f"Process replicas average the statistics of nn.BatchNorm only, not of "
+                            f"{norm!r}: set JAXCNN_CPU_REPLICAS=1.")
+        norm = ProcessBatchNorm
     return functools.partial(norm, use_running_average=not train, momentum=0.9, epsilon=epsilon,
                              axis_name=axis_name, dtype=dtype)
+
+
+class ProcessBatchNorm(nn.BatchNorm):
+    """``nn.BatchNorm`` (features last, fast variance, float32 statistics; the same variables)
+    whose batch statistics are averaged over a ``ProcessAxis`` (``axis_name``): the mean and
+    the mean square of this process's rows, averaged over the processes in one call."""
+
+    @nn.compact
+    def __call__(self, x, use_running_average: bool | None = None, *, mask=None):
+        if mask is not None or self.axis not in (-1, x.ndim - 1):
+            raise NotImplementedError("ProcessBatchNorm: features last, no mask")
+        use_running_average = nn.merge_param("use_running_average", self.use_running_average,
+                                             use_running_average)
+        features = (x.shape[-1],)
+        ra_mean = self.variable("batch_stats", "mean", lambda s: jnp.zeros(s, jnp.float32), features)
+        ra_var = self.variable("batch_stats", "var", lambda s: jnp.ones(s, jnp.float32), features)
+        if use_running_average:
+            mean, var = ra_mean.value, ra_var.value
+        else:
+            stats_dtype = jnp.promote_types(self.dtype or x.dtype, jnp.float32)
+            xs = x.astype(stats_dtype)
+            axes = tuple(range(x.ndim - 1))
+            mean, mean_square = xs.mean(axes), jax.lax.square(xs).mean(axes)
+            if not self.is_initializing():  # one exchange for both
+                both = self.axis_name.mean(jnp.concatenate([mean, mean_square]))
+                mean, mean_square = both[:features[0]], both[features[0]:]
+            var = jnp.maximum(0.0, mean_square - jax.lax.square(mean))
+            if not self.is_initializing():
+                ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
+                ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
+        mul = jax.lax.rsqrt(var + self.epsilon)
+        args = [x]
+        if self.use_scale:
+            scale = self.param("scale", self.scale_init, features, self.param_dtype)
+            mul, args = mul * scale, args + [scale]
+        y = (x - mean) * mul
+        if self.use_bias:
+            bias = self.param("bias", self.bias_init, features, self.param_dtype)
+            y, args = y + bias, args + [bias]
+        return jnp.asarray(y, jax.dtypes.canonicalize_dtype(
+            self.dtype or jnp.result_type(*args)))
 
 
 # -- checks of the models' arguments (called in their __post_init__) -------------------------------
@@ -558,9 +627,9 @@ class Dropout(nn.Module):
             keep = jax.random.bernoulli(key, 1.0 - self.rate, shape)
         else:
             local = shape[0]
-            shape[0] = local * jax.lax.axis_size(self.axis_name)
+            shape[0] = local * axis_size(self.axis_name)
             keep = jax.random.bernoulli(key, 1.0 - self.rate, shape)
-            start = jax.lax.axis_index(self.axis_name) * local
+            start = axis_index(self.axis_name) * local
             keep = jax.lax.dynamic_slice_in_dim(keep, start, local, axis=0)
         if target_platform() == "cpu":
             # Drawn once: XLA:CPU fused the draw (threefry) into each reader of the output and
