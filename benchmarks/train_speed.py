@@ -69,7 +69,7 @@ def run_jaxcnn(model: str, batch_size: int, warmup: int, images: int, model_opti
     model_config, optimizer, kind = MODELS[model]
     model_config = dict(model_config, **model_options)
     # The launcher's run of this config (LeNet-5 on Fashion-MNIST, 10 epochs) on these cores:
-    # process replicas for LeNet-5, else one host device per core ($JAXCNN_CPU_DEVICES).
+    # process replicas (one single-core process per core), else one host device per core
     config = config_lib.resolve({"model": model_config, "optimizer": optimizer,
                                  "batch_size": batch_size, "epoch_loop": "step",
                                  "data": {"dataset": "fashion_mnist"}})

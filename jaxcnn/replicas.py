@@ -45,6 +45,12 @@ ENV = "JAXCNN_CPU_REPLICAS"
 # A run trains at least this many images before replicas pay for starting theirs (~2 s of
 # start-up against ~1.9e-5 s saved an image: LeNet-5 at 15k against 21k images/s).
 MIN_IMAGES = 200_000
+# Models that share BatchNorm statistics or dropout masks over the batch exchange them inside
+# the step, and train on replicas only when asked ($JAXCNN_CPU_REPLICAS=N): measured in one run
+# (benchmarks/cpu_levers.py, replicas against two devices in one process), ResNet-20 gains from
+# batch 256 (435 / 411 against 410 / 270 images/s at 256 / 1024) but not below (433 against 452
+# at 128), the CNN with BatchNorm loses at every batch (3,280 / 3,412 / 2,630 against 3,244 /
+# 3,559 / 3,597 at 128 / 256 / 1024).
 WAIT_S = 600  # the longest a replica waits for the others at one step (the first includes compiling)
 
 
@@ -83,8 +89,9 @@ def plan(config: dict, multi_process: bool = False, environ=os.environ) -> int:
     each follower's; replica 0 then trains on one core like them). 'auto' chooses one per usable
     core where the run qualifies (``why_not``, as far as the config tells: a built-in dataset in
     memory with the step loop), the user chose no CPU devices
-    (``jaxcnn.cpu_devices``) and the run trains at least ``MIN_IMAGES`` images, as many as
-    divide the batch. ``count_for`` confirms the count once the devices and the data are known."""
+    (``jaxcnn.cpu_devices``) and the run trains at least ``MIN_IMAGES`` images (not for a model with
+    BatchNorm or dropout: those only when asked), as many as divide the
+    batch. ``count_for`` confirms the count once the devices and the data are known."""
     global _planned
     from jaxcnn import datasets, feed
 
@@ -102,6 +109,9 @@ def plan(config: dict, multi_process: bool = False, environ=os.environ) -> int:
     if d["max_train_examples"]:
         train_images = min(train_images, d["max_train_examples"])
     if asked is None and config["epochs"] * train_images < MIN_IMAGES:
+        return 1
+    if (asked is None
+            and hasattr(models.from_config(config["model"], 10, config["precision"]), "axis_name")):
         return 1
     cores = cpu_devices.usable_cores()
     count = asked or max(n for n in range(1, cores + 1) if config["batch_size"] % n == 0)

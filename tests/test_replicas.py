@@ -106,7 +106,9 @@ def test_plan_chooses_replicas_only_for_runs_that_qualify(monkeypatch):
     assert planned(epochs=3) == 1  # 180,000 images: too few to pay for the start
     assert planned(data={"dataset": "fashion_mnist", "max_train_examples": 5000}) == 1
     assert planned(batch_size=127) == 1  # nothing divides it
-    assert planned(model={"name": "cnn", "batch_norm": True, "dropout": 0.2}) == 2  # exchanged
+    shares = {"name": "cnn", "batch_norm": True, "dropout": 0.2}  # statistics, masks exchanged
+    assert planned(model=shares, batch_size=256) == 1  # the exchanges cost what a core saves
+    assert planned({"JAXCNN_CPU_REPLICAS": "2"}, model=shares, batch_size=128) == 2  # asked for
     assert planned(epoch_loop="scan") == 1
     assert planned(data={"dataset": "fashion_mnist", "pipeline": "stream"}) == 1
     assert planned(multi_process=True) == 1
