@@ -45,12 +45,6 @@ ENV = "JAXCNN_CPU_REPLICAS"
 # A run trains at least this many images before replicas pay for starting theirs (~2 s of
 # start-up against ~1.9e-5 s saved an image: LeNet-5 at 15k against 21k images/s).
 MIN_IMAGES = 200_000
-# Models that share BatchNorm statistics or dropout masks over the batch exchange them inside
-# the step, and train on replicas only when asked ($JAXCNN_CPU_REPLICAS=N): measured in one run
-# (benchmarks/cpu_levers.py, replicas against two devices in one process), ResNet-20 gains from
-# batch 256 (435 / 411 against 410 / 270 images/s at 256 / 1024) but not below (433 against 452
-# at 128), the CNN with BatchNorm loses at every batch (3,280 / 3,412 / 2,630 against 3,244 /
-# 3,559 / 3,597 at 128 / 256 / 1024).
 WAIT_S = 600  # the longest a replica waits for the others at one step (the first includes compiling)
 
 
@@ -110,6 +104,12 @@ def plan(config: dict, multi_process: bool = False, environ=os.environ) -> int:
         train_images = min(train_images, d["max_train_examples"])
     if asked is None and config["epochs"] * train_images < MIN_IMAGES:
         return 1
+    # A model that shares BatchNorm statistics or dropout masks over the batch exchanges them
+    # inside the step: measured in one run (benchmarks/cpu_levers.py, replicas against two
+    # devices in one process), ResNet-20 gains from batch 256 (435 / 411 against 410 / 270
+    # images/s at 256 / 1024) but not below (433 against 452 at 128), the CNN with BatchNorm
+    # loses at every batch (3,280 / 3,412 / 2,630 against 3,244 / 3,559 / 3,597 at 128 / 256 /
+    # 1024). So such a model trains on replicas only when asked.
     if (asked is None
             and hasattr(models.from_config(config["model"], 10, config["precision"]), "axis_name")):
         return 1
@@ -458,13 +458,13 @@ class ReplicaFeed:
     """The memory feed of a run with process replicas (the ``MemoryFeed`` interface): this
     process is replica 0; ``world - 1`` followers run on the other cores."""
 
-    def __init__(self, data, mesh, settings, world: int, config: dict):
+    def __init__(self, data, mesh, settings, world: int, config: dict, model):
+        """``model``: the run's model as its step runs it (``train.model_and_optimizer``)."""
         self.mesh, self.settings, self.world, self.epoch_loop = mesh, settings, world, "step"
         self.num_train, self.num_test = data.num_train, data.num_test
         self.steps_per_call = 1
         arrays = (data.train_images, data.train_labels, data.test_images, data.test_labels)
-        step_model = models.from_config(config["model"], data.num_classes, config["precision"])
-        self._programs = Programs(arrays, settings, step_model, 0, world)
+        self._programs = Programs(arrays, settings, model, 0, world)
         self.train_images, self.train_labels = self._programs.train_images, self._programs.train_labels
         cores = sorted(os.sched_getaffinity(0))
         self._all_cores = set(cores)
@@ -573,7 +573,10 @@ class ReplicaFeed:
                 if proc.is_alive():
                     proc.terminate()
         finally:
+            global _exchange
             if self._exchange is not None:
+                if _exchange is self._exchange:
+                    _exchange = None
                 self._exchange.close()
                 self._exchange = None
             if self._path and os.path.exists(self._path):

@@ -412,7 +412,8 @@ class Trainer:
             if self.epoch_loop != "step":
                 raise UserError("Process replicas run the step loop: set epoch_loop to 'step' or "
                                 f"unset {replicas_lib.ENV}.")
-            self.feed = replicas_lib.ReplicaFeed(data, mesh, self.settings, replicas, config)
+            self.feed = replicas_lib.ReplicaFeed(data, mesh, self.settings, replicas, config,
+                                                 step_model)
         else:
             self.feed = feed.MemoryFeed(data, mesh, self.settings, self.epoch_loop)
         self._train_sums0, self._eval_sums0 = zero_sums(state, eval_batch_size, image_shape)

@@ -114,11 +114,12 @@ class ProcessBatchNorm(nn.BatchNorm):
             xs = x.astype(stats_dtype)
             axes = tuple(range(x.ndim - 1))
             mean, mean_square = xs.mean(axes), jax.lax.square(xs).mean(axes)
-            if not self.is_initializing():  # one exchange for both
+            initializing = self.is_initializing()
+            if not initializing:  # one exchange for both
                 both = self.axis_name.mean(jnp.concatenate([mean, mean_square]))
                 mean, mean_square = both[:features[0]], both[features[0]:]
             var = jnp.maximum(0.0, mean_square - jax.lax.square(mean))
-            if not self.is_initializing():
+            if not initializing:
                 ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
                 ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
         mul = jax.lax.rsqrt(var + self.epsilon)
