@@ -25,7 +25,8 @@ def xla_conv(x, kernel, padding):
 
 
 @pytest.mark.parametrize("shape, kernel_shape, padding, block", [
-    ((3, 28, 28, 1), (5, 5, 1, 6), ((2, 2), (2, 2)), None),   # LeNet-5's conv1, in blocks of 7
+    ((3, 28, 28, 1), (5, 5, 1, 6), ((2, 2), (2, 2)), None),   # LeNet-5's conv1, in blocks of 14
+    ((3, 28, 28, 1), (5, 5, 1, 6), ((2, 2), (2, 2)), 7),      # ... of 7
     ((3, 28, 28, 1), (5, 5, 1, 6), ((2, 2), (2, 2)), 28),     # ... and whole rows
     ((3, 14, 14, 6), (5, 5, 6, 16), ((0, 0), (0, 0)), None),  # LeNet-5's conv2: whole rows
     ((2, 9, 11, 3), (3, 5, 3, 4), ((1, 0), (2, 1)), 5),       # uneven kernel and padding
@@ -49,7 +50,8 @@ def test_a_block_that_does_not_divide_the_width_is_refused():
 
 
 def test_default_block_keeps_multi_channel_rows_whole_and_cuts_one_channel_ones():
-    assert default_block(28, 1) == 7
+    assert default_block(28, 1) == 14
+    assert default_block(24, 1) == 12
     assert default_block(10, 6) == 10
     assert default_block(8, 1) == 8
     assert default_block(29, 1) == 1  # a prime width: one column per product, still exact
