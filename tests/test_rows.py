@@ -9,7 +9,7 @@ import pytest
 
 from jaxcnn.models import create_model
 from jaxcnn.models.layers import max_pool, max_pool_rows
-from jaxcnn.models.rows import conv_rows, default_block
+from jaxcnn.models.rows import RowConv, conv_rows, default_block
 
 TOL = dict(rtol=2e-5, atol=2e-5)
 
@@ -55,6 +55,30 @@ def test_default_block_keeps_multi_channel_rows_whole_and_cuts_one_channel_ones(
     assert default_block(10, 6) == 10
     assert default_block(8, 1) == 8
     assert default_block(29, 1) == 1  # a prime width: one column per product, still exact
+
+
+def test_row_conv_pooled_before_its_bias_equals_pooling_after_it():
+    # RowConv(pool=2) adds the bias after the max-pool; relu(that) is relu-then-pool of the
+    # biased convolution, in value and in the gradients of the input, kernel and bias.
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.normal(size=(14, 3, 14, 6)).astype(np.float32))  # [H, N, W, C]
+    conv = RowConv(16, (5, 5))
+    params = conv.init(jax.random.key(0), x)["params"]
+    params = {**params, "bias": jnp.asarray(rng.normal(size=16).astype(np.float32))}
+
+    def pooled_after(params, x):
+        return max_pool_rows(jax.nn.relu(conv.apply({"params": params}, x)), 2)
+
+    def pooled_before(params, x):
+        return jax.nn.relu(conv.clone(pool=2).apply({"params": params}, x))
+
+    want, want_vjp = jax.vjp(pooled_after, params, x)
+    got, got_vjp = jax.vjp(pooled_before, params, x)
+    assert got.shape == want.shape == (5, 3, 5, 16)
+    np.testing.assert_array_equal(got, want)
+    g = jnp.asarray(rng.normal(size=want.shape).astype(np.float32))
+    for a, b in zip(jax.tree.leaves(got_vjp(g)), jax.tree.leaves(want_vjp(g))):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
 def test_max_pool_rows_equals_max_pool_with_ties():

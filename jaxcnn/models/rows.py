@@ -31,6 +31,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxcnn.models.layers import max_pool_rows
+
 
 def default_block(out_width: int, channels: int) -> int:
     """The output columns per product for an ``out_width``-wide output of ``channels`` inputs."""
@@ -74,12 +76,17 @@ def conv_rows(x: jax.Array, kernel: jax.Array, padding=((0, 0), (0, 0)),
 
 class RowConv(nn.Module):
     """``nn.Conv`` (stride 1, explicit padding; the same ``kernel`` [KH, KW, C, O] and ``bias``
-    parameters and initialisation) for a row-major batch [H, N, W, C], computed by ``conv_rows``."""
+    parameters and initialisation) for a row-major batch [H, N, W, C], computed by ``conv_rows``.
+
+    ``pool`` > 1: the output max-pooled in ``pool`` x ``pool`` windows (``max_pool_rows``), the
+    bias added after the pooling instead of before: the same values (a window's max moves with a
+    constant added to it), with the bias, and what follows it, on a quarter of the numbers."""
 
     features: int
     kernel_size: tuple[int, int]
     padding: tuple[tuple[int, int], tuple[int, int]] = ((0, 0), (0, 0))
     block: int | None = None  # output columns per product; None: default_block
+    pool: int = 1
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -88,4 +95,6 @@ class RowConv(nn.Module):
                             (*self.kernel_size, x.shape[-1], self.features))
         bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
         y = conv_rows(x.astype(self.dtype), kernel.astype(self.dtype), self.padding, self.block)
+        if self.pool > 1:
+            y = max_pool_rows(y, self.pool)
         return y + bias.astype(self.dtype)
