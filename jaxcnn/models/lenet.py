@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxcnn.models.layers import (check_int, check_lowering, check_spatial, max_pool,
-                                  resolve_lowering)
+                                  resolve_lowering, stored)
 from jaxcnn.models.rows import RowConv
 
 LOWERINGS = ("auto", "rows", "xla")
@@ -71,8 +71,9 @@ class LeNet5(nn.Module):
             x = jnp.transpose(x, (1, 0, 2, 3))  # [H, N, W, C]
             # Each convolution pools before its bias and the ReLU: the same values (a window's max
             # commutes with both), the bias, the ReLU and their gradients on a quarter of the numbers.
-            x = nn.relu(RowConv(6, (5, 5), padding=((p, p), (p, p)), pool=2, dtype=self.dtype,
-                                name="conv1")(x))
+            # conv2's input is stored, so XLA does not redo the bias and ReLU inside its row stack.
+            x = stored(nn.relu(RowConv(6, (5, 5), padding=((p, p), (p, p)), pool=2, dtype=self.dtype,
+                                       name="conv1")(x)))
             x = nn.relu(RowConv(16, (5, 5), pool=2, dtype=self.dtype, name="conv2")(x))
             x = jnp.transpose(x, (1, 0, 2, 3))  # back to [N, H, W, C]
         else:
