@@ -84,8 +84,9 @@ def plan(config: dict, multi_process: bool = False, environ=os.environ) -> int:
     core where the run qualifies (``why_not``, as far as the config tells: a built-in dataset in
     memory with the step loop), the user chose no CPU devices
     (``jaxcnn.cpu_devices``) and the run trains at least ``MIN_IMAGES`` images (not for a model with
-    BatchNorm or dropout: those only when asked), as many as divide the
-    batch. ``count_for`` confirms the count once the devices and the data are known."""
+    BatchNorm or dropout: those only when asked, or where each core gets at least the batch the
+    model names as ``cpu_replicas_min_local_batch``), as many as divide the batch. ``count_for``
+    confirms the count once the devices and the data are known."""
     global _planned
     from jaxcnn import datasets, feed
 
@@ -104,17 +105,20 @@ def plan(config: dict, multi_process: bool = False, environ=os.environ) -> int:
         train_images = min(train_images, d["max_train_examples"])
     if asked is None and config["epochs"] * train_images < MIN_IMAGES:
         return 1
-    # A model that shares BatchNorm statistics or dropout masks over the batch exchanges them
-    # inside the step: measured in one run (benchmarks/cpu_levers.py, replicas against two
-    # devices in one process), ResNet-20 gains from batch 256 (435 / 411 against 410 / 270
-    # images/s at 256 / 1024) but not below (433 against 452 at 128), the CNN with BatchNorm
-    # loses at every batch (3,280 / 3,412 / 2,630 against 3,244 / 3,559 / 3,597 at 128 / 256 /
-    # 1024). So such a model trains on replicas only when asked.
-    if (asked is None
-            and hasattr(models.from_config(config["model"], 10, config["precision"]), "axis_name")):
-        return 1
     cores = cpu_devices.usable_cores()
     count = asked or max(n for n in range(1, cores + 1) if config["batch_size"] % n == 0)
+    # A model that shares BatchNorm statistics or dropout masks over the batch exchanges them
+    # inside the step, each replica waiting for the others at every BatchNorm layer: measured
+    # (benchmarks/cpu_levers.py, replicas against two devices in one process), the CNN with
+    # BatchNorm loses at every batch (3,387 / 2,869 against 3,727 / 3,376 images/s at 128 /
+    # 1024), ResNet-20 gains from batch 512 (414 against 391; 386-411 against 270-274 at 1024)
+    # but not below. So such a model trains on replicas only when asked, or from the images a
+    # core that the model names on (``cpu_replicas_min_local_batch``: the CIFAR ResNets).
+    model = models.from_config(config["model"], 10, config["precision"])
+    if (asked is None and hasattr(model, "axis_name")
+            and config["batch_size"] // count < getattr(model, "cpu_replicas_min_local_batch",
+                                                        float("inf"))):
+        return 1
     if count > 1:
         environ["NPROC"] = "1"
         _planned = count

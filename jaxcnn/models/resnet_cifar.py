@@ -40,7 +40,7 @@ bias 0, fc as PyTorch's Linear default.
 """
 
 import functools
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -101,6 +101,12 @@ class CifarResNet(nn.Module):
     norm: ModuleDef = nn.BatchNorm
     lowering: str = "auto"
     dtype: Any = jnp.float32
+    # On a CPU the launcher trains it on process replicas (one single-core process per core,
+    # ``jaxcnn.replicas``) from this many images a core on. ResNet-20 on 2 cores, replicas against
+    # two devices in one process (benchmarks/cpu_levers.py, the default against
+    # JAXCNN_CPU_REPLICAS=1 or =2, 2 rounds each): at batch 1024 386-411 against 270-274 images/s,
+    # at 512 414 against 391, at 256 382 against 387, at 128 417-433 against 416-452.
+    cpu_replicas_min_local_batch: ClassVar[int] = 256
 
     def __post_init__(self):
         check_lowering(self.lowering, STORED_LOWERINGS)
