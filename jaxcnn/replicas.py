@@ -108,17 +108,16 @@ def plan(config: dict, multi_process: bool = False, environ=os.environ) -> int:
     cores = cpu_devices.usable_cores()
     count = asked or max(n for n in range(1, cores + 1) if config["batch_size"] % n == 0)
     # A model that shares BatchNorm statistics or dropout masks over the batch exchanges them
-    # inside the step, each replica waiting for the others at every BatchNorm layer: measured
-    # (benchmarks/cpu_levers.py, replicas against two devices in one process), the CNN with
-    # BatchNorm loses at every batch (3,387 / 2,869 against 3,727 / 3,376 images/s at 128 /
-    # 1024), ResNet-20 gains from batch 512 (414 against 391; 386-411 against 270-274 at 1024)
-    # but not below. So such a model trains on replicas only when asked, or from the images a
-    # core that the model names on (``cpu_replicas_min_local_batch``: the CIFAR ResNets).
-    model = models.from_config(config["model"], 10, config["precision"])
-    if (asked is None and hasattr(model, "axis_name")
-            and config["batch_size"] // count < getattr(model, "cpu_replicas_min_local_batch",
-                                                        float("inf"))):
-        return 1
+    # inside the step, each replica waiting for the others at every BatchNorm layer: the CNN with
+    # BatchNorm loses at every batch (3,387 / 2,869 against 3,727 / 3,376 images/s at 128 / 1024
+    # on two devices in one process, benchmarks/cpu_levers.py). So such a model trains on replicas
+    # only when asked, or from the images a core on that the model names where it measured faster
+    # on them (``cpu_replicas_min_local_batch``: the CIFAR ResNets, whose class holds the numbers).
+    if asked is None:
+        model = models.from_config(config["model"], 10, config["precision"])
+        if (hasattr(model, "axis_name") and config["batch_size"] // count
+                < getattr(model, "cpu_replicas_min_local_batch", float("inf"))):
+            return 1
     if count > 1:
         environ["NPROC"] = "1"
         _planned = count

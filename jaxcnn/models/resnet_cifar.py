@@ -103,9 +103,9 @@ class CifarResNet(nn.Module):
     dtype: Any = jnp.float32
     # On a CPU the launcher trains it on process replicas (one single-core process per core,
     # ``jaxcnn.replicas``) from this many images a core on. ResNet-20 on 2 cores, replicas against
-    # two devices in one process (benchmarks/cpu_levers.py, the default against
-    # JAXCNN_CPU_REPLICAS=1 or =2, 2 rounds each): at batch 1024 386-411 against 270-274 images/s,
-    # at 512 414 against 391, at 256 382 against 387, at 128 417-433 against 416-452.
+    # two devices in one process (benchmarks/cpu_levers.py, JAXCNN_CPU_REPLICAS=2 against =1, 2
+    # rounds each, 2026-12-07): at batch 1024 386 against 274 images/s, at 512 414 against 391,
+    # at 256 382 against 387, at 128 417-433 against 416-439 (three runs).
     cpu_replicas_min_local_batch: ClassVar[int] = 256
 
     def __post_init__(self):
