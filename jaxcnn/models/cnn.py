@@ -17,7 +17,7 @@ statistics over that named device axis (the global batch) and dropout draw the g
 masks, so the math does not depend on the device count; leave it None outside a
 ``shard_map``/``pmap``.
 
-On a CPU the convolutions' weight gradients are summed over chunks of 64 examples
+On a CPU the convolutions' weight gradients are summed over chunks of 16 examples
 (``layers.conv_general_dilated``): XLA:CPU's kernel for them slows down on larger batches.
 
 ``lowering``: ``"stored"`` keeps each block's output (what the next convolution, or the first dense

@@ -223,7 +223,7 @@ def stored(x: jax.Array) -> jax.Array:
 
 
 NHWC = ("NHWC", "HWIO", "NHWC")
-WEIGHT_GRADIENT_CHUNK = 64  # examples; $JAXCNN_WEIGHT_GRADIENT_CHUNK overrides it, 0 turns it off
+WEIGHT_GRADIENT_CHUNK = 16  # examples; $JAXCNN_WEIGHT_GRADIENT_CHUNK overrides it, 0 turns it off
 
 
 def weight_gradient_chunk() -> int:
@@ -326,8 +326,9 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
     sums):
 
     - the weight gradient summed over chunks of ``weight_gradient_chunk()`` examples: XLA:CPU's
-      weight-gradient kernel slows down several-fold per image on large batches (the CNN's
-      second convolution at 512 images: 265 ms, 14 GFLOP/s, against 12.5 ms for 128), the
+      weight-gradient kernel slows down per image as the batch grows (the CNN's second
+      convolution at 512 images: 265 ms, 14 GFLOP/s, against 12.5 ms for 128; on one Intel
+      core, 64 images: 11.9 ms whole, 7.1 ms in chunks of 32, 4.8 ms in chunks of 16), the
       chunks keep it at its small-batch speed;
     - narrow convolutions widened where each device has one core (inside
       ``one_core_per_device``, x86-64): XLA:CPU gives a convolution to YNNPACK only where input

@@ -31,7 +31,7 @@ ReLU inside each block, so that XLA does not recompute BatchNorm and ReLU inside
 that feed the weight gradients; ``"xla"`` leaves all that to XLA's fusion. The same function
 and gradients; ``"auto"`` (the default) takes ``"stored"`` on a CPU, where it trains ResNet-20 1.3x
 faster, and ``"xla"`` elsewhere. On a CPU the convolutions' weight gradients are summed over chunks
-of 64 examples (``layers.conv_general_dilated``): XLA:CPU's kernel for them slows down on larger
+of 16 examples (``layers.conv_general_dilated``): XLA:CPU's kernel for them slows down on larger
 batches; where each device has one core (the launcher's one device per core) the first stage's
 16 -> 16 convolutions compute 17 outputs and drop one, so that XLA:CPU runs them on YNNPACK.
 
