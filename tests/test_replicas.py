@@ -109,7 +109,7 @@ def test_plan_chooses_replicas_only_for_runs_that_qualify(monkeypatch):
     shares = {"name": "cnn", "batch_norm": True, "dropout": 0.2}  # statistics, masks exchanged
     assert planned(model=shares, batch_size=256) == 1  # the exchanges cost what a core saves
     assert planned({"JAXCNN_CPU_REPLICAS": "2"}, model=shares, batch_size=128) == 2  # asked for
-    # The CIFAR ResNets pay for their exchanges from 256 images a core on
+    # The CIFAR ResNets pay for their exchanges from 256 images a core on.
     assert planned(model={"name": "resnet20"}, batch_size=512) == 2
     assert planned(model={"name": "resnet20"}, batch_size=1024) == 2
     assert planned(model={"name": "resnet20"}, batch_size=256) == 1
